@@ -1,0 +1,108 @@
+"""The root command group, its global options and the context every command gets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import click
+from rich.console import Console
+
+from runtime import __version__
+from runtime.errors import AgentsWorkerError
+from runtime.log import configure_logging
+from runtime.redaction import redact_text
+from runtime.settings import Resolved, Settings, resolve_settings
+
+__all__ = ["Context", "cli", "pass_context"]
+
+
+@dataclass
+class Context:
+    """What every command gets: the resolved settings and the terminal."""
+
+    resolved: Resolved
+    console: Console
+    errors: Console
+
+    @property
+    def settings(self) -> Settings:
+        return self.resolved.settings
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+class _Group(click.Group):
+    """Turns runtime errors into one clear line on stderr and exit status 1 (no traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AgentsWorkerError as exc:
+            raise click.ClickException(redact_text(str(exc))) from exc
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(130) from None
+
+
+def _parse_set(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    overrides = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not of the form section.key=value")
+        overrides[key.strip()] = value
+    return overrides
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="agents-worker")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML settings file [default: $AGENTS_WORKER_CONFIG or config/agents-worker.toml].",
+)
+@click.option("--redis-url", help="Redis URL; no embedded server is started when given.")
+@click.option("--key-prefix", help="Prefix of every Redis key [default: aw].")
+@click.option(
+    "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+)
+@click.option("--log-format", type=click.Choice(["console", "json"]))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_parse_set,
+    help="Override any setting, e.g. --set worker.concurrency=32 (repeatable).",
+)
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    config_file: str | None,
+    redis_url: str | None,
+    key_prefix: str | None,
+    log_level: str | None,
+    log_format: str | None,
+    overrides: dict[str, str],
+) -> None:
+    """agents-worker: a durable, Redis-native runtime for OpenAI Agents SDK agents.
+
+    Settings come from defaults, then a TOML file, then AGENTS_WORKER_* variables, then these
+    flags; `agents-worker config show` prints them with their sources.
+    """
+    flags = {
+        "redis.url": redis_url,
+        "redis.key_prefix": key_prefix,
+        "observability.log_level": log_level.upper() if log_level else None,
+        "observability.log_format": log_format,
+    }
+    merged = {key: value for key, value in flags.items() if value is not None}
+    merged.update(overrides)
+    resolved = resolve_settings(config_file, overrides=merged)
+    settings = resolved.settings
+    configure_logging(settings.observability.log_level, settings.observability.log_format)
+    ctx.obj = Context(resolved, Console(highlight=False), Console(stderr=True, highlight=False))

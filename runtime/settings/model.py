@@ -1,0 +1,255 @@
+"""The typed settings of agents-worker: one frozen tree of :mod:`msgspec` structs.
+
+Each field carries its documentation (``Meta(description=…)``); ``docs/configuration.md`` is
+generated from it, so a setting cannot exist undocumented.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from runtime.redaction import redact_url
+
+__all__ = [
+    "EmbeddedRedisSettings",
+    "ObservabilitySettings",
+    "RedisSettings",
+    "Settings",
+    "SupervisorSettings",
+    "WorkerSettings",
+]
+
+# Fields whose values never appear in clear in reprs, logs or `config show`.
+SECRET = {"secret": True}
+# A field holding a URL: only the password inside it is secret.
+URL = {"url": True}
+
+ModuleName = Literal["search", "json", "timeseries", "bloom"]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+
+
+class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every settings section: strict fields and a repr that hides secrets."""
+
+    def __repr__(self) -> str:
+        parts = []
+        for field in msgspec.inspect.type_info(type(self)).fields:  # type: ignore[attr-defined]
+            value = getattr(self, field.name)
+            parts.append(f"{field.name}={_shown(field.type, value)!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def field_extra(field_type: Any) -> dict[str, Any]:
+    """The ``Meta(extra=…)`` markers of a field type (empty when it has none)."""
+    if isinstance(field_type, msgspec.inspect.Metadata):
+        return field_type.extra or {}
+    return {}
+
+
+def _shown(field_type: Any, value: Any) -> Any:
+    extra = field_extra(field_type)
+    if value is None:
+        return value
+    if extra.get("secret"):
+        return "***"
+    if extra.get("url") and isinstance(value, str):
+        return redact_url(value)
+    return value
+
+
+class EmbeddedRedisSettings(Section, frozen=True, kw_only=True):
+    """The Redis Stack server that agents-worker starts itself when no URL is given."""
+
+    data_dir: Annotated[
+        str,
+        Meta(
+            description="Folder of the embedded server's AOF files, log and pid file; "
+            "relative paths are taken from the current directory."
+        ),
+    ] = ".agents-worker/redis"
+    host: Annotated[
+        str,
+        Meta(
+            description="Address the embedded server binds to. It has no TLS: keep it on "
+            "loopback unless a password is set."
+        ),
+    ] = "127.0.0.1"
+    port: Annotated[
+        int,
+        Meta(ge=0, le=65535, description="TCP port of the embedded server; 0 picks a free port."),
+    ] = 0
+    unix_socket: Annotated[
+        bool,
+        Meta(description="Listen on a unix socket in `data_dir` instead of a TCP port."),
+    ] = False
+    password: Annotated[
+        str | None,
+        Meta(description="Password (`requirepass`) of the embedded server.", extra=SECRET),
+    ] = None
+    appendonly: Annotated[
+        bool,
+        Meta(description="Keep an append-only file so data survives a restart of the server."),
+    ] = True
+    modules: Annotated[
+        list[ModuleName],
+        Meta(
+            description="Redis modules to load: any of `search`, `json`, `timeseries`, `bloom`. "
+            "An empty list runs a plain Redis."
+        ),
+    ] = msgspec.field(default_factory=lambda: ["search", "json", "timeseries", "bloom"])
+    server_binary: Annotated[
+        str | None,
+        Meta(
+            description="Path of a `redis-server` binary to run instead of the bundled Redis "
+            "Stack one (e.g. `/usr/bin/redis-server` with `modules = []`)."
+        ),
+    ] = None
+    startup_timeout: Annotated[
+        PositiveFloat,
+        Meta(description="Seconds to wait for the embedded server to answer PING."),
+    ] = 10.0
+    openssl_dir: Annotated[
+        str,
+        Meta(
+            description="Folder holding `libssl.so.1.1` and `libcrypto.so.1.1` for the bundled "
+            "server when the system lacks them (fetched there by `agents-worker redis setup`)."
+        ),
+    ] = ".agents-worker/openssl"
+    fetch_openssl: Annotated[
+        bool,
+        Meta(
+            description="Fetch OpenSSL 1.1 into `openssl_dir` from Debian's security archive "
+            "when the system lacks it (Debian/Ubuntu only)."
+        ),
+    ] = True
+
+
+class RedisSettings(Section, frozen=True, kw_only=True):
+    """How to reach Redis."""
+
+    url: Annotated[
+        str | None,
+        Meta(
+            description="URL of the Redis server (`redis://`, `rediss://` or `unix://`). When "
+            "unset, the plain `REDIS_URL` variable is used; when both are unset, an embedded "
+            "Redis Stack is started.",
+            extra=URL,
+        ),
+    ] = None
+    key_prefix: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=64,
+            description="Prefix of every Redis key the runtime writes; lets several deployments "
+            "share one server.",
+        ),
+    ] = "aw"
+    socket_timeout: Annotated[
+        PositiveFloat,
+        Meta(description="Seconds to wait for a reply to one command (blocking reads excepted)."),
+    ] = 5.0
+    connect_timeout: Annotated[
+        PositiveFloat, Meta(description="Seconds to wait for a connection to Redis.")
+    ] = 5.0
+    max_connections: Annotated[
+        int,
+        Meta(ge=1, description="Most connections one process keeps open to Redis."),
+    ] = 64
+    health_check_interval: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Seconds of idleness after which a pooled connection is checked with "
+            "PING before use; 0 disables the check.",
+        ),
+    ] = 30
+    embedded: EmbeddedRedisSettings = msgspec.field(default_factory=EmbeddedRedisSettings)
+
+
+class WorkerSettings(Section, frozen=True, kw_only=True):
+    """One worker process (used by `agents-worker run`)."""
+
+    concurrency: Annotated[
+        int,
+        Meta(ge=1, le=10_000, description="Entries one worker process handles at the same time."),
+    ] = 16
+    lease_seconds: Annotated[
+        float,
+        Meta(
+            ge=1,
+            description="Lease on an entry in flight, renewed every third of it; an entry whose "
+            "worker stopped renewing is reclaimed by another after this long.",
+        ),
+    ] = 15.0
+    max_deliveries: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Deliveries of one entry before it goes to the dead-letter stream.",
+        ),
+    ] = 5
+    shutdown_grace_seconds: Annotated[
+        float,
+        Meta(
+            ge=0,
+            description="On SIGTERM, how long in-flight entries may run before they are "
+            "cancelled and released to other workers.",
+        ),
+    ] = 30.0
+
+
+class SupervisorSettings(Section, frozen=True, kw_only=True):
+    """The supervisor process of `agents-worker run`."""
+
+    workers: Annotated[
+        int, Meta(ge=1, le=256, description="Worker processes the supervisor keeps running.")
+    ] = 2
+    http_host: Annotated[
+        str,
+        Meta(description="Address of the `/healthz`, `/readyz` and `/metrics` endpoints."),
+    ] = "127.0.0.1"
+    http_port: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=65535,
+            description="Port of the `/healthz`, `/readyz` and `/metrics` endpoints; 0 turns "
+            "them off.",
+        ),
+    ] = 8080
+
+
+class ObservabilitySettings(Section, frozen=True, kw_only=True):
+    """Logs, traces and metrics."""
+
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR"],
+        Meta(description="Lowest level of log records written."),
+    ] = "INFO"
+    log_format: Annotated[
+        Literal["console", "json"],
+        Meta(
+            description="`console`: one readable line per event; `json`: one JSON object per "
+            "line, for log collectors."
+        ),
+    ] = "console"
+
+
+class Settings(Section, frozen=True, kw_only=True):
+    """Every setting of agents-worker.
+
+    Loaded by :func:`runtime.load_settings` from defaults ← TOML file ← ``AGENTS_WORKER_*``
+    environment variables ← command-line flags::
+
+        settings = load_settings(overrides={"worker.concurrency": 32})
+        settings.worker.concurrency  # 32
+    """
+
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
+    supervisor: SupervisorSettings = msgspec.field(default_factory=SupervisorSettings)
+    observability: ObservabilitySettings = msgspec.field(default_factory=ObservabilitySettings)
