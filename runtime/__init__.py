@@ -1,10 +1,10 @@
 """agents-worker: a Redis-native, durable, horizontally scalable runtime for agents.
 
-    from runtime import load_settings, open_redis
+from runtime import load_settings, open_redis
 
-    settings = load_settings()
-    async with open_redis(settings) as conn:   # embedded Redis Stack when no URL is set
-        await conn.client.ping()
+settings = load_settings()
+async with open_redis(settings) as conn:   # embedded Redis Stack when no URL is set
+    await conn.client.ping()
 """
 
 from runtime._version import __version__

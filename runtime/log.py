@@ -35,7 +35,7 @@ class StructLogger:
     def name(self) -> str:
         return self._logger.name
 
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - mirrors logging.Logger
+    def isEnabledFor(self, level: int) -> bool:
         return self._logger.isEnabledFor(level)
 
     def _log(self, level: int, event: str, fields: dict[str, Any], exc_info: bool) -> None:
@@ -115,7 +115,9 @@ class JSONFormatter(logging.Formatter):
         return redact_text(json.dumps(doc, default=str))
 
 
-def configure_logging(level: str = "INFO", fmt: str = "console", stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "INFO", fmt: str = "console", stream: TextIO | None = None
+) -> None:
     """Send the ``runtime`` and ``workers`` loggers to *stream* (stderr) in *fmt*.
 
     Idempotent: calling it again replaces the handler it installed before.

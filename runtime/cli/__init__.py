@@ -1,15 +1,13 @@
 """The ``agents-worker`` command line."""
 
+from runtime.cli import config_cmd, demo_cmd, redis_cmd
 from runtime.cli.app import Context, cli, pass_context
-from runtime.cli.config_cmd import config_group
-from runtime.cli.demo_cmd import demo
-from runtime.cli.redis_cmd import redis_group
 
 __all__ = ["Context", "cli", "main", "pass_context"]
 
-cli.add_command(redis_group)
-cli.add_command(config_group)
-cli.add_command(demo)
+cli.add_command(redis_cmd.redis_group)
+cli.add_command(config_cmd.config_group)
+cli.add_command(demo_cmd.demo)
 
 
 def main() -> None:

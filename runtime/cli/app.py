@@ -105,4 +105,8 @@ def cli(
     resolved = resolve_settings(config_file, overrides=merged)
     settings = resolved.settings
     configure_logging(settings.observability.log_level, settings.observability.log_format)
-    ctx.obj = Context(resolved, Console(highlight=False), Console(stderr=True, highlight=False))
+    ctx.obj = Context(
+        resolved,
+        Console(highlight=False, soft_wrap=True),
+        Console(stderr=True, highlight=False, soft_wrap=True),
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import redis.asyncio
@@ -33,6 +34,7 @@ __all__ = [
     "Connection",
     "ServerInfo",
     "create_client",
+    "execute",
     "open_redis",
     "read_server_info",
     "require_modules",
@@ -84,6 +86,11 @@ def _module_of_unknown_command(message: str) -> str | None:
     return None
 
 
+async def execute(client: redis.asyncio.Redis, *args: str | bytes | int | float) -> Any:
+    """Run a raw command (module commands have no typed wrapper in redis-py)."""
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
 def create_client(settings: RedisSettings, url: str) -> redis.asyncio.Redis:
     """An asyncio client for *url* with the pool and timeouts of *settings* (bytes replies)."""
     return redis.asyncio.Redis.from_url(
@@ -127,7 +134,7 @@ async def read_server_info(client: redis.asyncio.Redis, url: str | None = None) 
                     modules[ours] = by_name[theirs]
         else:
             for ours, (_, command) in MODULES.items():
-                if (await client.execute_command("COMMAND", "INFO", command))[0]:
+                if (await execute(client, "COMMAND", "INFO", command))[0]:
                     modules[ours] = 0
     return ServerInfo(
         version=str(info.get("redis_version", "?")),
@@ -163,11 +170,14 @@ class Connection:
 
 
 @contextlib.asynccontextmanager
-async def open_redis(settings: Settings, *, stop_embedded: bool = True) -> AsyncIterator[Connection]:
+async def open_redis(
+    settings: Settings, *, stop_embedded: bool = True
+) -> AsyncIterator[Connection]:
     """Connect to ``redis.url``; without one, start (or reuse) the embedded server.
 
     An embedded server started here is stopped on exit unless *stop_embedded* is false; one
-    that was already running is left running. The connection is checked with PING before it is handed out.
+    that was already running is left running. The connection is checked with PING before it
+    is handed out.
     """
     embedded: ServerStatus | None = None
     server: EmbeddedRedis | None = None

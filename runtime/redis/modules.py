@@ -12,7 +12,7 @@ import redis.asyncio
 
 from runtime.errors import RedisCommandError
 from runtime.keys import Keys
-from runtime.redis.connection import MODULES, ServerInfo, translate_errors
+from runtime.redis.connection import MODULES, ServerInfo, execute, translate_errors
 
 __all__ = ["ModuleCheck", "exercise_modules"]
 
@@ -38,27 +38,37 @@ Probe = Callable[[redis.asyncio.Redis, str], Awaitable[str]]
 
 async def _search(client: redis.asyncio.Redis, base: str) -> str:
     index, doc = f"{base}:idx", f"{base}:doc:1"
-    await client.execute_command(
-        "FT.CREATE", index, "ON", "HASH", "PREFIX", "1", f"{base}:doc:", "SCHEMA", "title", "TEXT"
+    await execute(
+        client,
+        "FT.CREATE",
+        index,
+        "ON",
+        "HASH",
+        "PREFIX",
+        "1",
+        f"{base}:doc:",
+        "SCHEMA",
+        "title",
+        "TEXT",
     )
     try:
         await client.hset(doc, mapping={"title": "durable agents on redis streams"})
-        reply = await client.execute_command("FT.SEARCH", index, "durable", "NOCONTENT")
+        reply = await execute(client, "FT.SEARCH", index, "durable", "NOCONTENT")
         # redis-py parses the reply into a dict in recent versions, a list in older ones.
         total = reply[b"total_results"] if isinstance(reply, dict) else reply[0]
         if total != 1:
             raise _CheckFailed(f"FT.SEARCH found {total} documents, expected 1")
         return "FT.CREATE + FT.SEARCH found the indexed document"
     finally:
-        await client.execute_command("FT.DROPINDEX", index, "DD")
+        await execute(client, "FT.DROPINDEX", index, "DD")
 
 
 async def _json(client: redis.asyncio.Redis, base: str) -> str:
     key = f"{base}:json"
     try:
-        await client.execute_command("JSON.SET", key, "$", json.dumps({"turns": [1, 2, 3]}))
-        await client.execute_command("JSON.ARRAPPEND", key, "$.turns", "4")
-        turns = json.loads(await client.execute_command("JSON.GET", key, "$.turns"))
+        await execute(client, "JSON.SET", key, "$", json.dumps({"turns": [1, 2, 3]}))
+        await execute(client, "JSON.ARRAPPEND", key, "$.turns", "4")
+        turns = json.loads(await execute(client, "JSON.GET", key, "$.turns"))
         if turns != [[1, 2, 3, 4]]:
             raise _CheckFailed(f"JSON.GET returned {turns}")
         return "JSON.SET + JSON.ARRAPPEND + JSON.GET round-tripped a document"
@@ -70,8 +80,8 @@ async def _timeseries(client: redis.asyncio.Redis, base: str) -> str:
     key = f"{base}:ts"
     try:
         for stamp, value in ((1000, 1.5), (2000, 2.5)):
-            await client.execute_command("TS.ADD", key, stamp, value)
-        reply = await client.execute_command("TS.RANGE", key, "-", "+", "AGGREGATION", "sum", 10_000)
+            await execute(client, "TS.ADD", key, stamp, value)
+        reply = await execute(client, "TS.RANGE", key, "-", "+", "AGGREGATION", "sum", 10_000)
         total = float(reply[0][1])
         if total != 4.0:
             raise _CheckFailed(f"TS.RANGE summed to {total}, expected 4.0")
@@ -83,9 +93,9 @@ async def _timeseries(client: redis.asyncio.Redis, base: str) -> str:
 async def _bloom(client: redis.asyncio.Redis, base: str) -> str:
     key = f"{base}:bf"
     try:
-        await client.execute_command("BF.RESERVE", key, "0.001", "1000")
-        await client.execute_command("BF.ADD", key, "run-1")
-        seen = await client.execute_command("BF.MEXISTS", key, "run-1", "run-2")
+        await execute(client, "BF.RESERVE", key, "0.001", "1000")
+        await execute(client, "BF.ADD", key, "run-1")
+        seen = await execute(client, "BF.MEXISTS", key, "run-1", "run-2")
         if list(seen) != [1, 0]:
             raise _CheckFailed(f"BF.MEXISTS returned {seen}")
         return "BF.ADD + BF.MEXISTS told a seen item from a new one"

@@ -59,9 +59,7 @@ def missing_libraries(binary: Path, library_dirs: Sequence[Path] = ()) -> list[s
         [ldd, str(binary)], capture_output=True, text=True, env=env, timeout=30, check=False
     )
     return [
-        line.split("=>", 1)[0].strip()
-        for line in proc.stdout.splitlines()
-        if "not found" in line
+        line.split("=>", 1)[0].strip() for line in proc.stdout.splitlines() if "not found" in line
     ]
 
 

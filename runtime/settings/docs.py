@@ -46,13 +46,14 @@ def type_name(info: Any) -> str:
         return f"list[{type_name(info.item_type)}]"
     if isinstance(info, msgspec.inspect.LiteralType):
         return " | ".join(json.dumps(v) for v in info.values)
-    return {
+    names: dict[type, str] = {
         msgspec.inspect.StrType: "str",
         msgspec.inspect.IntType: "int",
         msgspec.inspect.FloatType: "float",
         msgspec.inspect.BoolType: "bool",
         msgspec.inspect.NoneType: "none",
-    }.get(type(info), type(info).__name__)
+    }
+    return names.get(type(info), type(info).__name__)
 
 
 def _toml_value(value: Any) -> str:

@@ -21,7 +21,7 @@ import msgspec
 from runtime.errors import ConfigError
 from runtime.keys import validate_prefix
 from runtime.redaction import redact_url
-from runtime.settings.model import Section, Settings, field_extra
+from runtime.settings.model import Settings, field_extra
 
 __all__ = [
     "CONFIG_ENV",
@@ -79,7 +79,7 @@ def env_name(path: str) -> str:
     return ENV_PREFIX + path.replace(".", "_").upper()
 
 
-def iter_fields(cls: type[Section] = Settings, prefix: str = "") -> Iterator[FieldSpec]:
+def iter_fields(cls: type[msgspec.Struct] = Settings, prefix: str = "") -> Iterator[FieldSpec]:
     """Every leaf setting of *cls*, depth first, in declaration order."""
     info = msgspec.inspect.type_info(cls)
     assert isinstance(info, msgspec.inspect.StructType)
@@ -131,7 +131,7 @@ def resolve_settings(
     """
     environ = os.environ if env is None else env
     values: dict[str, Any] = {}
-    sources = {path: "default" for path in _FIELDS}
+    sources = dict.fromkeys(_FIELDS, "default")
 
     path = _config_path(config_file, environ)
     if path is not None:

@@ -1,0 +1,24 @@
+# The two commands of the README, plus helpers. Each creates or reuses .venv by itself.
+.PHONY: demo test lint format bench docs clean
+
+demo:  ## start the embedded Redis Stack and run the demo
+	@scripts/demo
+
+test:  ## lint, type-check and run the tests
+	@scripts/test
+
+lint:  ## ruff and mypy only
+	@scripts/bootstrap && .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+
+format:  ## apply ruff's fixes and formatting
+	@scripts/bootstrap && .venv/bin/ruff check --fix . && .venv/bin/ruff format .
+
+bench:  ## run the benchmarks (see benchmarks/RESULTS.md)
+	@scripts/bootstrap && .venv/bin/python -m benchmarks.startup
+
+docs:  ## regenerate docs/configuration.md from the settings model
+	@scripts/bootstrap && .venv/bin/agents-worker config docs > docs/configuration.md
+
+clean:  ## stop the embedded server and remove .venv and .agents-worker
+	-@[ -x .venv/bin/agents-worker ] && .venv/bin/agents-worker redis stop
+	rm -rf .venv .agents-worker

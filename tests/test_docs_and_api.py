@@ -1,0 +1,68 @@
+"""The public API is what `__all__` says; every setting is documented."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import tomllib
+import types
+from pathlib import Path
+
+import pytest
+
+import runtime
+from runtime.settings import iter_fields
+from runtime.settings.docs import render_reference
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ["runtime", "runtime.redis", "runtime.settings", "runtime.cli"]
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_all_matches_exports(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = set(module.__all__)
+    public = {
+        attr
+        for attr, value in vars(module).items()
+        if not attr.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert exported == public | ({"__version__"} & exported)
+    for attr in exported:
+        assert getattr(module, attr) is not None
+
+
+def test_every_setting_has_a_description() -> None:
+    missing = [spec.path for spec in iter_fields() if len(spec.description) < 10]
+    assert missing == []
+
+
+def test_configuration_page_lists_every_setting() -> None:
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    for spec in iter_fields():
+        assert f"`{spec.path}`" in page, f"{spec.path} is not in docs/configuration.md"
+        assert f"`{spec.env}`" in page, f"{spec.env} is not in docs/configuration.md"
+    assert page == render_reference(), (
+        "docs/configuration.md is stale: run `agents-worker config docs > docs/configuration.md`"
+    )
+
+
+def test_example_config_file_shows_every_setting() -> None:
+    text = (ROOT / "config" / "agents-worker.toml").read_text()
+    sections = re.split(r"^\[([\w.]+)\]$", text, flags=re.M)
+    shown = {
+        f"{section}.{key}"
+        for section, body in zip(sections[1::2], sections[2::2], strict=True)
+        for key in re.findall(r"^# (\w+) = ", body, flags=re.M)
+    }
+    assert shown == {spec.path for spec in iter_fields()}
+    assert tomllib.loads(text) == {
+        "redis": {"embedded": {}},
+        "worker": {},
+        "supervisor": {},
+        "observability": {},
+    }
+
+
+def test_version_is_exported() -> None:
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", runtime.__version__)

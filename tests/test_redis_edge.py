@@ -1,0 +1,134 @@
+"""The Redis adapter edge: connections, module detection and error translation."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio
+
+from runtime import (
+    EmbeddedRedis,
+    Keys,
+    MissingModuleError,
+    RedisCommandError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    Settings,
+    load_settings,
+    open_redis,
+    read_server_info,
+    translate_errors,
+)
+from runtime.redis import exercise_modules, require_modules
+from tests.conftest import embedded_settings
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_session_server_has_every_module(client: redis.asyncio.Redis, keys: Keys) -> None:
+    info = await read_server_info(client)
+    assert set(info.modules) == {"search", "json", "timeseries", "bloom"}
+    assert all(version > 0 for version in info.modules.values())
+    checks = await exercise_modules(client, keys, info)
+    assert [(c.module, c.ok) for c in checks] == [
+        ("search", True),
+        ("json", True),
+        ("timeseries", True),
+        ("bloom", True),
+    ], checks
+    leftovers = [key async for key in client.scan_iter(match=f"{keys.prefix}:*")]
+    assert leftovers == []  # the checks clean up after themselves
+
+
+async def test_open_redis_with_url_starts_no_server(settings: Settings, tmp_path: Path) -> None:
+    data_dir = tmp_path / "never"
+    with_dir = load_settings(
+        env={},
+        overrides={
+            "redis.url": settings.redis.url,
+            "redis.embedded.data_dir": str(data_dir),
+        },
+    )
+    async with open_redis(with_dir) as conn:
+        assert conn.embedded is None and not conn.started_embedded
+        assert conn.url == settings.redis.url
+        assert await conn.client.ping() is True
+    assert not data_dir.exists()
+
+
+@pytest.fixture
+def plain_server(tmp_path: Path) -> Iterator[str]:
+    server = EmbeddedRedis(embedded_settings(tmp_path, modules=[], appendonly=False))
+    try:
+        yield server.start().url
+    finally:
+        server.stop()
+
+
+async def test_plain_redis_reports_missing_modules(plain_server: str, keys: Keys) -> None:
+    client = redis.asyncio.Redis.from_url(plain_server)
+    try:
+        info = await read_server_info(client)
+        assert info.modules == {}
+        with pytest.raises(MissingModuleError) as err:
+            require_modules(info, ["timeseries"], "metrics")
+        assert "metrics needs the Redis module 'timeseries'" in str(err.value)
+        with pytest.raises(MissingModuleError, match="'search'"), translate_errors("search"):
+            await client.execute_command("FT.SEARCH", "idx", "*")
+        checks = await exercise_modules(client, keys, info)
+        assert [c.ok for c in checks] == [False] * 4
+        assert {c.detail for c in checks} == {"not loaded by this server"}
+    finally:
+        await client.aclose()
+
+
+async def test_open_redis_starts_and_stops_embedded(tmp_path: Path) -> None:
+    settings = load_settings(
+        env={},
+        overrides={
+            "redis.embedded.data_dir": str(tmp_path),
+            "redis.embedded.openssl_dir": embedded_settings(tmp_path).openssl_dir,
+        },
+    )
+    async with open_redis(settings) as conn:
+        assert conn.started_embedded
+        assert await conn.client.ping() is True
+    assert EmbeddedRedis(settings.redis.embedded).status() is None
+
+
+async def test_connection_refused_is_translated_and_redacted() -> None:
+    url = f"redis://user:topsecret@127.0.0.1:{closed_port()}/0"
+    settings = load_settings(env={}, overrides={"redis.url": url, "redis.connect_timeout": "1"})
+    with pytest.raises(RedisConnectionError) as err:
+        async with open_redis(settings):
+            pass
+    assert "connect: cannot reach Redis at redis://user:***@127.0.0.1" in str(err.value)
+    assert "topsecret" not in str(err.value)
+    assert err.value.__cause__ is not None
+
+
+async def test_timeout_is_translated(redis_url: str, keys: Keys) -> None:
+    slow = redis.asyncio.Redis.from_url(redis_url, socket_timeout=0.05)
+    try:
+        with (
+            pytest.raises(RedisTimeoutError, match="did not answer in time"),
+            translate_errors("slow command", redis_url),
+        ):
+            # the server holds the reply for 1 s, longer than the client waits
+            await slow.execute_command("BLPOP", keys.scratch("empty"), 1)
+    finally:
+        await slow.aclose()
+
+
+async def test_refused_command_is_translated(client: redis.asyncio.Redis, keys: Keys) -> None:
+    key = keys.scratch("wrongtype")
+    await client.set(key, "text")
+    with pytest.raises(RedisCommandError, match="WRONGTYPE"), translate_errors("push"):
+        await client.lpush(key, "x")
