@@ -238,3 +238,17 @@ def test_openssl_found_in_project_cache_is_used(tmp_path: Path) -> None:
     _, library_dir = server.prepare()
     assert library_dir is not None
     assert {p.name for p in library_dir.iterdir()} >= set(openssl.LIBRARIES)
+
+
+def test_security_uri_ignores_comments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    deb822 = tmp_path / "debian.sources"
+    deb822.write_text(
+        "Types: deb\n# http://snapshot.example/archive/debian-security/2025\n"
+        "URIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+    )
+    monkeypatch.setattr(openssl, "_APT_SOURCES", (deb822,))
+    assert openssl.security_uri() == "http://mirror.example/debian-security"
+    one_line = tmp_path / "sources.list"
+    one_line.write_text("# deb http://old.example/security x\ndeb http://m.example/debian stable\n")
+    monkeypatch.setattr(openssl, "_APT_SOURCES", (one_line,))
+    assert openssl.security_uri() == "http://deb.debian.org/debian-security"

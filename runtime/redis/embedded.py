@@ -13,7 +13,6 @@ server is stale and is replaced. Start and stop hold a lock on the data folder.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import os
 import shutil
@@ -30,6 +29,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from runtime._files import file_lock
 from runtime.errors import (
     EmbeddedRedisError,
     EmbeddedRedisNotInstalled,
@@ -144,7 +144,7 @@ class EmbeddedRedis:
         """
         self._check_exposure()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with self._locked():
+        with file_lock(self.data_dir / ".lock"):
             running = self.status()
             if running is not None:
                 return running
@@ -158,7 +158,7 @@ class EmbeddedRedis:
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop the server (flushing its AOF). Returns ``False`` when none was running."""
-        with self._locked():
+        with file_lock(self.data_dir / ".lock"):
             running = self.status()
             if running is None:
                 return False
@@ -405,16 +405,6 @@ class EmbeddedRedis:
         except OSError:
             return "(no log)"
         return "\n".join(text.strip().splitlines()[-lines:]) or "(empty log)"
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with (self.data_dir / ".lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class _PortRace(Exception):

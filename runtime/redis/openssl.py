@@ -9,19 +9,18 @@ started with ``LD_LIBRARY_PATH`` pointing there.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
+from runtime._files import file_lock
 from runtime.errors import OpenSSLMissingError
 from runtime.log import get_logger
 
-__all__ = ["LIBRARIES", "fetch_openssl11", "missing_libraries", "openssl_help"]
+__all__ = ["LIBRARIES", "fetch_openssl11", "missing_libraries", "openssl_help", "security_uri"]
 
 log = get_logger(__name__)
 
@@ -79,7 +78,7 @@ def fetch_openssl11(target: Path, *, timeout: float = 180.0) -> Path:
         if shutil.which(tool) is None:
             raise OpenSSLMissingError(openssl_help(f"{tool} is not available on this system"))
     target.mkdir(parents=True, exist_ok=True)
-    with _locked(target / ".lock"):
+    with file_lock(target / ".lock"):
         if _complete(lib_dir):
             return lib_dir
         log.info("openssl.fetch.start", target=str(lib_dir))
@@ -92,16 +91,6 @@ def fetch_openssl11(target: Path, *, timeout: float = 180.0) -> Path:
 
 def _complete(lib_dir: Path) -> bool:
     return all((lib_dir / name).is_file() for name in LIBRARIES)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def security_uri() -> str:
