@@ -11,10 +11,16 @@ application can catch the whole family with one clause::
     │   ├── RedisTimeoutError       the server did not answer in time
     │   ├── RedisCommandError       the server refused a command
     │   └── MissingModuleError      a feature needs a Redis module the server does not load
-    └── EmbeddedRedisError      the embedded Redis Stack server could not be started or stopped
-        ├── EmbeddedRedisNotInstalled   the `embedded` extra is not installed
-        ├── PortInUseError              the configured port is taken by another process
-        └── OpenSSLMissingError         OpenSSL 1.1 is neither on the system nor fetchable
+    ├── EmbeddedRedisError      the embedded Redis Stack server could not be started or stopped
+    │   ├── EmbeddedRedisNotInstalled   the `embedded` extra is not installed
+    │   ├── PortInUseError              the configured port is taken by another process
+    │   └── OpenSSLMissingError         OpenSSL 1.1 is neither on the system nor fetchable
+    ├── AppError                the app (``module:object``) cannot be loaded or is invalid
+    ├── EnqueueError            work refused at enqueue (bad target, not JSON, too large)
+    ├── SupervisorError         the supervisor gave up (crash loop, workers never ready)
+    └── TaskFailure             raised by a handler to steer what happens to its entry
+        ├── PermanentError          do not retry: dead-letter the entry now
+        └── RetryLater              retry after ``delay`` seconds (counts as an attempt)
 
 ``redis.exceptions.*`` never escape the runtime: :func:`runtime.redis.translate_errors`
 turns them into the branch above, with the original chained as ``__cause__``.
@@ -24,17 +30,23 @@ from __future__ import annotations
 
 __all__ = [
     "AgentsWorkerError",
+    "AppError",
     "ConfigError",
     "EmbeddedRedisError",
     "EmbeddedRedisNotInstalled",
+    "EnqueueError",
     "KeyNameError",
     "MissingModuleError",
     "OpenSSLMissingError",
+    "PermanentError",
     "PortInUseError",
     "RedisCommandError",
     "RedisConnectionError",
     "RedisError",
     "RedisTimeoutError",
+    "RetryLater",
+    "SupervisorError",
+    "TaskFailure",
 ]
 
 
@@ -96,3 +108,31 @@ class PortInUseError(EmbeddedRedisError):
 
 class OpenSSLMissingError(EmbeddedRedisError):
     """The bundled server needs OpenSSL 1.1, which is neither installed nor fetchable."""
+
+
+class AppError(AgentsWorkerError):
+    """The app given as ``module:object`` cannot be imported or is not an :class:`App`."""
+
+
+class EnqueueError(AgentsWorkerError, ValueError):
+    """Work was refused at enqueue: unknown target name, payload not JSON, entry too large."""
+
+
+class SupervisorError(AgentsWorkerError):
+    """The supervisor gave up: workers crash in a loop or never report ready."""
+
+
+class TaskFailure(AgentsWorkerError):
+    """Raised by a handler to say what should happen to its entry."""
+
+
+class PermanentError(TaskFailure):
+    """The entry cannot succeed: it goes to the dead-letter stream without another attempt."""
+
+
+class RetryLater(TaskFailure):
+    """Try the entry again after *delay* seconds (or the backoff when ``None``)."""
+
+    def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay

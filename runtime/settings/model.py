@@ -18,6 +18,7 @@ __all__ = [
     "ObservabilitySettings",
     "RedisSettings",
     "Settings",
+    "StreamSettings",
     "SupervisorSettings",
     "WorkerSettings",
 ]
@@ -200,6 +201,90 @@ class WorkerSettings(Section, frozen=True, kw_only=True):
             "cancelled and released to other workers.",
         ),
     ] = 30.0
+    block_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=60_000,
+            description="Longest wait of one XREADGROUP for new entries (milliseconds); new "
+            "entries end the wait at once.",
+        ),
+    ] = 2000
+    reclaim_interval_seconds: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="How often the reclaimer looks for entries whose lease expired "
+            "(XAUTOCLAIM), even when no new work arrives.",
+        ),
+    ] = 0.5
+    task_timeout_seconds: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="Longest run of one handler call unless the handler sets its own; a "
+            "timed-out attempt counts as a retryable failure.",
+        ),
+    ] = 300.0
+    retry_backoff_seconds: Annotated[
+        float,
+        Meta(
+            ge=0,
+            description="Delay before the first retry of a failed entry; doubled per attempt, "
+            "with jitter.",
+        ),
+    ] = 1.0
+    retry_backoff_max_seconds: Annotated[
+        float, Meta(ge=0, description="Longest delay between two retries.")
+    ] = 300.0
+    max_entries: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Recycle a worker process (drain, exit, replace) after it handled this "
+            "many entries; 0 never.",
+        ),
+    ] = 0
+    max_rss_mb: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Recycle a worker process whose resident memory exceeds this many MiB; "
+            "0 never.",
+        ),
+    ] = 0
+
+
+class StreamSettings(Section, frozen=True, kw_only=True):
+    """Streams, groups and their bounds."""
+
+    group: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="Consumer group the workers of every inbox stream read through.",
+        ),
+    ] = "workers"
+    max_entry_bytes: Annotated[
+        int,
+        Meta(
+            ge=256,
+            description="Largest envelope accepted; larger ones are refused at enqueue and "
+            "dead-lettered by workers.",
+        ),
+    ] = 1_048_576
+    dlq_maxlen: Annotated[
+        int,
+        Meta(ge=1, description="Approximate bound (MAXLEN ~) of each dead-letter stream."),
+    ] = 100_000
+    idempotency_window_seconds: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="How long an idempotency key makes duplicate enqueues return the "
+            "first task.",
+        ),
+    ] = 86_400.0
 
 
 class SupervisorSettings(Section, frozen=True, kw_only=True):
@@ -221,6 +306,53 @@ class SupervisorSettings(Section, frozen=True, kw_only=True):
             "them off.",
         ),
     ] = 8080
+    min_workers: Annotated[
+        Annotated[int, Meta(ge=0, le=256)] | None,
+        Meta(
+            description="Fewest worker processes when autoscaling; unset: `workers` (no "
+            "autoscaling unless `max_workers` is set).",
+        ),
+    ] = None
+    max_workers: Annotated[
+        Annotated[int, Meta(ge=1, le=256)] | None,
+        Meta(
+            description="Most worker processes when autoscaling on backlog (lag + pending); "
+            "unset: `workers`.",
+        ),
+    ] = None
+    scale_interval_seconds: Annotated[
+        float, Meta(gt=0, description="How often the autoscaler reads the backlog.")
+    ] = 2.0
+    scale_down_after_seconds: Annotated[
+        float,
+        Meta(
+            ge=0,
+            description="Backlog must stay low this long before a worker is removed.",
+        ),
+    ] = 30.0
+    ready_timeout_seconds: Annotated[
+        float,
+        Meta(gt=0, description="How long a new worker may take to report READY."),
+    ] = 30.0
+    restart_backoff_seconds: Annotated[
+        float,
+        Meta(
+            ge=0,
+            description="Delay before restarting a crashed worker; doubled per crash in a row, "
+            "at most 30 s.",
+        ),
+    ] = 0.5
+    crash_loop_restarts: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Crashes within `crash_loop_window_seconds` after which the "
+            "supervisor gives up and exits 1.",
+        ),
+    ] = 5
+    crash_loop_window_seconds: Annotated[
+        float, Meta(gt=0, description="The window over which crashes are counted.")
+    ] = 60.0
 
 
 class ObservabilitySettings(Section, frozen=True, kw_only=True):
@@ -251,5 +383,6 @@ class Settings(Section, frozen=True, kw_only=True):
 
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
+    streams: StreamSettings = msgspec.field(default_factory=StreamSettings)
     supervisor: SupervisorSettings = msgspec.field(default_factory=SupervisorSettings)
     observability: ObservabilitySettings = msgspec.field(default_factory=ObservabilitySettings)

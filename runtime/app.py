@@ -1,0 +1,139 @@
+"""The app a worker runs: named handlers (targets), each fed by its own inbox stream.
+
+    app = App("shop")
+
+    @app.task("send_receipt", timeout=30)
+    async def send_receipt(ctx: TaskContext, order: Order) -> None:
+        ...
+
+    # agents-worker run shop.workers:app
+
+A handler takes the task context and the payload; when the payload parameter is annotated
+with a :class:`msgspec.Struct` (or any msgspec-convertible type), the JSON payload is
+converted to it and an invalid payload is dead-lettered without a retry. Plain ``def``
+handlers run in a thread so they cannot stall the event loop (and with it lease renewal).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
+
+from runtime.errors import AppError
+from runtime.keys import validate_name
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+    from runtime.keys import Keys
+
+__all__ = ["App", "Handler", "TaskContext", "load_app"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a handler knows about the entry it runs."""
+
+    task_id: str
+    target: str
+    attempt: int
+    """Failed attempts before this one (0 on the first try)."""
+    deliveries: int
+    """Times this stream entry was delivered (above 1 after a worker died running it)."""
+    entry_id: str
+    created_at: float
+    deadline: float | None
+    headers: dict[str, str]
+    traceparent: str | None
+    consumer: str
+    redis: redis.asyncio.Redis
+    keys: Keys
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A registered target."""
+
+    name: str
+    fn: Callable[..., Any]
+    timeout: float | None = None
+    payload_type: Any = Any
+    is_async: bool = True
+
+
+@dataclass
+class App:
+    """A set of handlers served together by the same worker processes."""
+
+    name: str = "app"
+    handlers: dict[str, Handler] = field(default_factory=dict)
+
+    def task(self, name: str | None = None, *, timeout: float | None = None) -> Callable[[F], F]:
+        """Register the decorated function as the handler of target *name* (default: its name)."""
+
+        def register(fn: F) -> F:
+            self.add_handler(name or fn.__name__, fn, timeout=timeout)
+            return fn
+
+        return register
+
+    def add_handler(
+        self, name: str, fn: Callable[..., Any], *, timeout: float | None = None
+    ) -> None:
+        """Register *fn* as the handler of target *name*."""
+        validate_name("target", name)
+        if name in self.handlers:
+            raise AppError(f"target {name!r} is registered twice in app {self.name!r}")
+        if timeout is not None and timeout <= 0:
+            raise AppError(f"timeout of target {name!r} must be positive, not {timeout}")
+        params = list(inspect.signature(fn).parameters.values())
+        if len(params) != 2:
+            raise AppError(
+                f"handler {name!r} must take (ctx, payload), not {len(params)} arguments"
+            )
+        try:
+            hints = get_type_hints(fn)
+        except Exception:  # unresolvable annotations: treat the payload as plain JSON
+            hints = {}
+        self.handlers[name] = Handler(
+            name=name,
+            fn=fn,
+            timeout=timeout,
+            payload_type=hints.get(params[1].name, Any),
+            is_async=inspect.iscoroutinefunction(fn),
+        )
+
+    @property
+    def targets(self) -> list[str]:
+        return sorted(self.handlers)
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:object`` and return the :class:`App` it names.
+
+    Raises:
+        AppError: the module cannot be imported, the object is missing or is not an App.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise AppError(f"app {spec!r} must be given as module:object, e.g. workers.demo:app")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AppError(f"cannot import {module_name!r} for app {spec!r}: {exc}") from exc
+    try:
+        app = getattr(module, attr)
+    except AttributeError:
+        raise AppError(f"module {module_name!r} has no {attr!r} (app {spec!r})") from None
+    if callable(app) and not isinstance(app, App):
+        app = app()  # a factory
+    if not isinstance(app, App):
+        raise AppError(f"{spec!r} is a {type(app).__name__}, not a runtime.App")
+    if not app.handlers:
+        raise AppError(f"app {spec!r} registers no handler")
+    return app

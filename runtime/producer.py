@@ -1,0 +1,179 @@
+"""The app side: put work on a target's inbox stream.
+
+    producer = Producer(conn.client, keys=conn.keys, settings=settings)
+    sent = await producer.enqueue("send_receipt", {"order": 17}, idempotency_key="order-17")
+    later = await producer.enqueue("reminder", {"user": 3}, delay=3600)
+
+An idempotency key makes duplicate enqueues within ``streams.idempotency_window_seconds`` return
+the first task, atomically with the XADD (one Lua script). A delay or run-at time parks the
+envelope in the inbox's delayed set; workers move it into the stream when it is due.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import redis.asyncio
+
+from runtime.envelope import Envelope, encode_envelope, new_task_id
+from runtime.errors import EnqueueError, KeyNameError
+from runtime.keys import Keys, validate_name
+from runtime.redis.connection import translate_errors
+from runtime.scripts import Scripts
+from runtime.settings.model import Settings
+
+__all__ = ["Enqueued", "Producer"]
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """The outcome of one enqueue."""
+
+    task_id: str
+    entry_id: str | None
+    """Stream entry id; ``None`` when the task was delayed or was a duplicate."""
+    duplicate: bool = False
+    """True when the idempotency key was seen: ``task_id`` is the first task's id."""
+    run_at: float | None = None
+
+
+class Producer:
+    """Enqueue work for targets served by workers (async, safe to share between tasks)."""
+
+    def __init__(self, client: redis.asyncio.Redis, *, keys: Keys, settings: Settings) -> None:
+        self._client = client
+        self._keys = keys
+        self._streams = settings.streams
+        self._scripts = Scripts.register(client)
+
+    def build(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        task_id: str | None = None,
+        idempotency_key: str | None = None,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[Envelope, bytes]:
+        """Validate and encode one envelope (raises :class:`EnqueueError`)."""
+        try:
+            validate_name("target", target)
+            if idempotency_key is not None:
+                validate_name("idempotency key", idempotency_key)
+            if task_id is not None:
+                validate_name("task id", task_id)
+        except KeyNameError as exc:
+            raise EnqueueError(str(exc)) from None
+        if deadline is not None and deadline <= time.time():
+            raise EnqueueError(f"deadline {deadline} is already past")
+        envelope = Envelope(
+            id=task_id or new_task_id(),
+            target=target,
+            payload=payload,
+            created_at=time.time(),
+            deadline=deadline,
+            idempotency_key=idempotency_key,
+            traceparent=traceparent,
+            headers=dict(headers or {}),
+        )
+        try:
+            raw = encode_envelope(envelope)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise EnqueueError(f"payload for {target!r} is not JSON-serialisable: {exc}") from None
+        if len(raw) > self._streams.max_entry_bytes:
+            raise EnqueueError(
+                f"entry for {target!r} is {len(raw)} bytes, over streams.max_entry_bytes "
+                f"({self._streams.max_entry_bytes})"
+            )
+        return envelope, raw
+
+    async def enqueue(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        task_id: str | None = None,
+        idempotency_key: str | None = None,
+        delay: float | None = None,
+        run_at: float | None = None,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Enqueued:
+        """Enqueue one task for *target*.
+
+        Args:
+            delay: seconds from now before it may run (exclusive with *run_at*).
+            run_at: Unix time before which it does not run.
+            deadline: Unix time after which it is not started any more (dead-lettered).
+
+        Raises:
+            EnqueueError: bad target or key, payload not JSON, entry too large, bad times.
+            RedisError: Redis failed.
+        """
+        due = self._due(delay, run_at)
+        envelope, raw = self.build(
+            target,
+            payload,
+            task_id=task_id,
+            idempotency_key=idempotency_key,
+            deadline=deadline,
+            traceparent=traceparent,
+            headers=headers,
+        )
+        inbox = self._keys.inbox(target)
+        with translate_errors(f"enqueue to {target!r}"):
+            if idempotency_key is not None:
+                return await self._enqueue_once(envelope, raw, due)
+            if due is not None:
+                await self._client.zadd(self._keys.delayed(target), {raw: int(due * 1000)})
+                return Enqueued(envelope.id, None, run_at=due)
+            entry_id = await self._client.xadd(inbox, {"envelope": raw})
+        return Enqueued(envelope.id, _text(entry_id))
+
+    async def enqueue_many(self, target: str, payloads: Iterable[Any]) -> list[Enqueued]:
+        """Enqueue one task per payload in one pipelined round trip."""
+        built = [self.build(target, payload) for payload in payloads]
+        inbox = self._keys.inbox(target)
+        with translate_errors(f"enqueue to {target!r}"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for _, raw in built:
+                    pipe.xadd(inbox, {"envelope": raw})
+                ids = await pipe.execute()
+        return [Enqueued(env.id, _text(i)) for (env, _), i in zip(built, ids, strict=True)]
+
+    @staticmethod
+    def _due(delay: float | None, run_at: float | None) -> float | None:
+        if delay is not None and run_at is not None:
+            raise EnqueueError("give either delay or run_at, not both")
+        if delay is not None:
+            if delay < 0:
+                raise EnqueueError(f"delay must be >= 0, not {delay}")
+            return time.time() + delay if delay > 0 else None
+        if run_at is not None and run_at > time.time():
+            return run_at
+        return None
+
+    async def _enqueue_once(self, envelope: Envelope, raw: bytes, due: float | None) -> Enqueued:
+        assert envelope.idempotency_key is not None
+        keys = [
+            self._keys.inbox(envelope.target),
+            self._keys.delayed(envelope.target),
+            self._keys.idempotency(envelope.target, envelope.idempotency_key),
+        ]
+        window_ms = int(self._streams.idempotency_window_seconds * 1000)
+        args: list[Any] = [raw, envelope.id, window_ms, int(due * 1000) if due else 0]
+        created, value = await self._scripts.enqueue_once(keys=keys, args=args)
+        if not created:
+            return Enqueued(_text(value), None, duplicate=True)
+        return Enqueued(envelope.id, _text(value) or None, run_at=due)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,5 @@
+"""The worker side: the stream consumer and the worker process entry point."""
+
+from runtime.worker.consumer import Worker, WorkerStats
+
+__all__ = ["Worker", "WorkerStats"]

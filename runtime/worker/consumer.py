@@ -1,0 +1,607 @@
+"""The stream consumer: one per worker process, K entries in flight on one anyio loop.
+
+Delivery contract (docs/delivery.md):
+
+- an entry is read only when a slot is free (XREADGROUP COUNT = free slots);
+- while it runs, its lease is renewed (XCLAIM … JUSTID every lease/3), so a slow handler is
+  never reclaimed; a worker that dies stops renewing, and a timer-driven reclaimer elsewhere
+  takes the entry after one lease (XAUTOCLAIM, cursor walked through the whole pending list);
+- it is acked and deleted only after its outcome is written: success (ack + delete in one
+  MULTI), a retry (moved to the delayed set atomically) or a dead letter (copied atomically);
+- above ``max_deliveries`` tries it is dead-lettered with its reason and last error;
+- on shutdown, reading stops, in-flight handlers get the grace period, and what is left is
+  released (made claimable at once, the cancelled try not counted).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import msgspec
+import redis.asyncio
+import redis.exceptions
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from runtime.app import App, Handler, TaskContext
+from runtime.envelope import Envelope, MalformedEntry, decode_entry, encode_envelope
+from runtime.errors import PermanentError, RetryLater
+from runtime.keys import Keys
+from runtime.log import get_logger
+from runtime.scripts import Scripts
+from runtime.settings.model import Settings
+
+__all__ = ["Worker", "WorkerStats"]
+
+log = get_logger(__name__)
+
+_MAX_ERROR = 2000
+_CLEANUP_EVERY = 60.0
+_RENEW_BATCH = 500
+
+
+@dataclass
+class WorkerStats:
+    """Counters of one worker process."""
+
+    handled: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    reclaimed: int = 0
+    released: int = 0
+    lost_leases: int = 0
+
+
+@dataclass
+class _Entry:
+    stream: bytes
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    deliveries: int
+    scope: anyio.CancelScope | None = None
+    lost: bool = False
+
+
+@dataclass
+class _Intake:
+    """Streams this worker reads, their targets and reclaim cursors."""
+
+    targets: dict[bytes, str]
+    cursors: dict[bytes, bytes] = field(default_factory=dict)
+    order: int = 0
+
+
+class Worker:
+    """Consume the inboxes of *app*'s targets until :meth:`stop` is called.
+
+    worker = Worker(app, settings, client, consumer="host-1:0")
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        ...
+        worker.stop()
+    """
+
+    def __init__(
+        self,
+        app: App,
+        settings: Settings,
+        client: redis.asyncio.Redis,
+        *,
+        consumer: str,
+        keys: Keys | None = None,
+        on_recycle: Callable[[str], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.client = client
+        self.consumer = consumer
+        self.keys = keys or Keys(settings.redis.key_prefix)
+        self.stats = WorkerStats()
+        self.stop_reason: str | None = None
+        self._cfg = settings.worker
+        self._group = settings.streams.group
+        self._lease_ms = int(self._cfg.lease_seconds * 1000)
+        self._scripts = Scripts.register(client)
+        self._intake = _Intake({self.keys.inbox(t).encode(): t for t in app.targets})
+        self._inflight: dict[tuple[bytes, bytes], _Entry] = {}
+        self._acks: dict[bytes, list[bytes]] = {}
+        self._ack_wanted = anyio.Event()
+        self._slot_freed = anyio.Event()
+        self._retry_scheduled = anyio.Event()
+        self._stopping = anyio.Event()
+        self._on_recycle = on_recycle
+        send, receive = anyio.create_memory_object_stream[_Entry](math.inf)
+        self._send: MemoryObjectSendStream[_Entry] = send
+        self._receive: MemoryObjectReceiveStream[_Entry] = receive
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def stop(self, reason: str = "stop requested") -> None:
+        """Begin a graceful shutdown (idempotent)."""
+        if not self._stopping.is_set():
+            self.stop_reason = reason
+            log.info("worker.stopping", consumer=self.consumer, reason=reason)
+            self._stopping.set()
+
+    @property
+    def free_slots(self) -> int:
+        return self._cfg.concurrency - len(self._inflight)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until stopped, then drain within the grace period and release the rest."""
+        await self._ensure_groups()
+        async with anyio.create_task_group() as services:
+            services.start_soon(self._ack_loop)
+            services.start_soon(self._renew_loop)
+            async with anyio.create_task_group() as handlers:
+                for _ in range(self._cfg.concurrency):
+                    handlers.start_soon(self._handler_loop)
+                async with anyio.create_task_group() as intake:
+                    await self._recover_own()
+                    intake.start_soon(self._read_loop)
+                    intake.start_soon(self._reclaim_loop)
+                    intake.start_soon(self._due_loop)
+                    intake.start_soon(self._cleanup_loop)
+                    log.info(
+                        "worker.ready",
+                        consumer=self.consumer,
+                        targets=self.app.targets,
+                        concurrency=self._cfg.concurrency,
+                    )
+                    task_status.started()
+                    await self._stopping.wait()
+                    intake.cancel_scope.cancel()
+                await self._drain(handlers.cancel_scope)
+            with anyio.CancelScope(shield=True):
+                await self._release_remaining()
+            services.cancel_scope.cancel()
+        log.info("worker.stopped", consumer=self.consumer, **vars(self.stats))
+
+    async def _drain(self, handlers: anyio.CancelScope) -> None:
+        """Start nothing new; give running handlers the grace period, then cancel them."""
+        self._send.close()
+        started = [e for e in self._inflight.values() if e.scope is not None]
+        log.info("worker.draining", in_flight=len(started), grace=self._cfg.shutdown_grace_seconds)
+        with anyio.move_on_after(self._cfg.shutdown_grace_seconds):
+            while any(e.scope is not None for e in self._inflight.values()):
+                await self._wait_slot()
+        handlers.cancel()
+
+    # --- reading ------------------------------------------------------------------------
+    async def _ensure_groups(self) -> None:
+        for stream in self._intake.targets:
+            try:
+                await self.client.xgroup_create(stream, self._group, id="0", mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def _recover_own(self) -> None:
+        """Take back at once what a predecessor with our name left pending."""
+        for stream in self._intake.targets:
+            if self.free_slots <= 0:
+                return
+            pending = await self.client.xpending_range(
+                stream, self._group, min="-", max="+", count=self.free_slots,
+                consumername=self.consumer,
+            )  # fmt: skip
+            if not pending:
+                continue
+            counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+            claimed: Any = await self.client.xclaim(
+                stream, self._group, self.consumer, min_idle_time=0, message_ids=list(counts)
+            )
+            for entry_id, fields in claimed:
+                if fields:
+                    self._admit(stream, entry_id, fields, counts[entry_id] + 1)
+            log.info("worker.recovered_own", stream=stream.decode(), entries=len(claimed))
+
+    async def _read_loop(self) -> None:
+        streams = list(self._intake.targets)
+        while True:
+            free = self.free_slots
+            if free <= 0:
+                await self._wait_slot()
+                continue
+            count = max(1, free // len(streams))
+            # rotate which stream comes first, so no inbox starves another
+            self._intake.order = (self._intake.order + 1) % len(streams)
+            ordered = streams[self._intake.order :] + streams[: self._intake.order]
+            reply = await self.client.xreadgroup(
+                self._group,
+                self.consumer,
+                dict.fromkeys(ordered, ">"),
+                count=count,
+                block=self._cfg.block_ms,
+            )
+            for stream, entries in _stream_items(reply):
+                for entry_id, fields in entries:
+                    self._admit(stream, entry_id, fields, 1)
+
+    def _admit(self, stream: bytes, entry_id: bytes, fields: dict[bytes, bytes], n: int) -> None:
+        entry = _Entry(stream, entry_id, fields, n)
+        self._inflight[(stream, entry_id)] = entry
+        self._send.send_nowait(entry)
+
+    async def _wait_slot(self) -> None:
+        await self._slot_freed.wait()
+
+    def _done(self, entry: _Entry) -> None:
+        self._inflight.pop((entry.stream, entry.entry_id), None)
+        self._slot_freed.set()
+        self._slot_freed = anyio.Event()
+
+    async def _reclaim_loop(self) -> None:
+        """Claim entries whose lease expired, on a timer (an idle queue recovers too)."""
+        while True:
+            for stream in self._intake.targets:
+                await self._reclaim(stream)
+            await anyio.sleep(self._cfg.reclaim_interval_seconds)
+
+    async def _reclaim(self, stream: bytes) -> None:
+        while self.free_slots > 0:
+            cursor = self._intake.cursors.get(stream, b"0-0")
+            reply = await self.client.xautoclaim(
+                stream, self._group, self.consumer, self._lease_ms,
+                start_id=cursor, count=self.free_slots,
+            )  # fmt: skip
+            next_cursor, claimed = reply[0], reply[1]
+            deleted = reply[2] if len(reply) > 2 else []
+            self._intake.cursors[stream] = next_cursor
+            if deleted:  # trimmed or deleted while pending: nothing left to run
+                await self.client.xack(stream, self._group, *deleted)
+            live = [(i, f) for i, f in claimed if f]
+            if live:
+                counts = await self._delivery_counts(stream, [i for i, _ in live])
+                for entry_id, fields in live:
+                    self._admit(stream, entry_id, fields, counts.get(entry_id, 1))
+                self.stats.reclaimed += len(live)
+                log.info("worker.reclaimed", stream=stream.decode(), entries=len(live))
+            if next_cursor in (b"0-0", "0-0"):
+                return
+
+    async def _delivery_counts(self, stream: bytes, ids: list[bytes]) -> dict[bytes, int]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for entry_id in ids:
+                pipe.xpending_range(stream, self._group, min=entry_id, max=entry_id, count=1)
+            replies = await pipe.execute()
+        return {r[0]["message_id"]: r[0]["times_delivered"] for r in replies if r}
+
+    async def _due_loop(self) -> None:
+        """Move due retries and delayed entries into the inboxes."""
+        while True:
+            soonest = 1.0
+            now_ms = int(time.time() * 1000)
+            for stream, target in self._intake.targets.items():
+                moved, next_score = await self._scripts.move_due(
+                    keys=[self.keys.delayed(target), stream], args=[now_ms, 500]
+                )
+                if moved >= 500:
+                    soonest = 0.0
+                elif next_score is not None:
+                    soonest = min(soonest, max(0.0, float(next_score) / 1000 - time.time()))
+            with anyio.move_on_after(soonest):
+                await self._retry_scheduled.wait()
+                self._retry_scheduled = anyio.Event()
+
+    async def _cleanup_loop(self) -> None:
+        """Remove consumers of dead workers that own nothing (never one with pending work)."""
+        idle_ms = max(10 * self._lease_ms, 60_000)
+        while True:
+            await anyio.sleep(_CLEANUP_EVERY)
+            for stream in self._intake.targets:
+                for info in await self.client.xinfo_consumers(stream, self._group):
+                    name = info["name"]
+                    name = name.decode() if isinstance(name, bytes) else name
+                    if name != self.consumer and info["pending"] == 0 and info["idle"] > idle_ms:
+                        await self._scripts.delete_consumer(keys=[stream], args=[self._group, name])
+
+    # --- handling -----------------------------------------------------------------------
+    async def _handler_loop(self) -> None:
+        async for entry in self._receive:
+            if self._stopping.is_set():
+                continue  # not started before shutdown: released with the rest
+            try:
+                await self._handle(entry)
+            except Exception:
+                # Redis failed while settling it: it stays pending and, no longer renewed,
+                # is reclaimed after one lease.
+                log.exception("entry.unsettled", entry=entry.entry_id.decode())
+            # a cancellation (shutdown) skips this: the entry stays in flight to be released
+            self._done(entry)
+
+    async def _handle(self, entry: _Entry) -> None:
+        target = self._intake.targets[entry.stream]
+        try:
+            envelope = decode_entry(entry.fields, max_bytes=self.settings.streams.max_entry_bytes)
+        except MalformedEntry as exc:
+            await self._dead_letter(entry, None, exc.reason)
+            return
+        tries = envelope.attempt + entry.deliveries
+        if tries > self._cfg.max_deliveries:
+            await self._dead_letter(
+                entry,
+                envelope,
+                f"delivered {entry.deliveries} times without an outcome after "
+                f"{envelope.attempt} failed attempts (max_deliveries = {self._cfg.max_deliveries})",
+                envelope.last_error or "the worker running it died or hung",
+            )
+            return
+        if envelope.target != target:
+            await self._dead_letter(
+                entry, envelope, f"unknown target {envelope.target!r} in the inbox of {target!r}"
+            )
+            return
+        if envelope.deadline is not None and time.time() > envelope.deadline:
+            await self._dead_letter(entry, envelope, "expired: its deadline passed before it ran")
+            return
+        handler = self.app.handlers[target]
+        try:
+            payload = _convert(envelope.payload, handler.payload_type)
+        except msgspec.ValidationError as exc:
+            await self._dead_letter(entry, envelope, "invalid payload", str(exc))
+            return
+        await self._run(entry, envelope, handler, payload, tries)
+
+    async def _run(
+        self, entry: _Entry, envelope: Envelope, handler: Handler, payload: Any, tries: int
+    ) -> None:
+        ctx = TaskContext(
+            task_id=envelope.id,
+            target=envelope.target,
+            attempt=envelope.attempt,
+            deliveries=entry.deliveries,
+            entry_id=entry.entry_id.decode(),
+            created_at=envelope.created_at,
+            deadline=envelope.deadline,
+            headers=envelope.headers,
+            traceparent=envelope.traceparent,
+            consumer=self.consumer,
+            redis=self.client,
+            keys=self.keys,
+        )
+        timeout = handler.timeout or self._cfg.task_timeout_seconds
+        if envelope.deadline is not None:
+            timeout = min(timeout, max(0.0, envelope.deadline - time.time()))
+        self.stats.handled += 1
+        try:
+            with anyio.CancelScope() as scope:
+                entry.scope = scope
+                with anyio.fail_after(timeout):
+                    if handler.is_async:
+                        await handler.fn(ctx, payload)
+                    else:
+                        await anyio.to_thread.run_sync(
+                            handler.fn, ctx, payload, abandon_on_cancel=True
+                        )
+        except TimeoutError:
+            await self._failed(entry, envelope, tries, f"timed out after {timeout:g} s", None)
+        except PermanentError as exc:
+            await self._dead_letter(entry, envelope, "permanent failure", _describe(exc))
+        except RetryLater as exc:
+            await self._failed(entry, envelope, tries, _describe(exc), exc.delay)
+        except Exception as exc:
+            log.warning("task.failed", target=envelope.target, task=envelope.id, error=repr(exc))
+            await self._failed(entry, envelope, tries, _describe(exc), None)
+        else:
+            if scope.cancelled_caught:
+                return  # lease lost or shutdown: not ours to settle
+            self.stats.succeeded += 1
+            self._ack(entry)
+        finally:
+            self._maybe_recycle()
+
+    def _ack(self, entry: _Entry) -> None:
+        if entry.lost:
+            return
+        self._acks.setdefault(entry.stream, []).append(entry.entry_id)
+        self._ack_wanted.set()
+
+    async def _failed(
+        self, entry: _Entry, envelope: Envelope, tries: int, error: str, delay: float | None
+    ) -> None:
+        if entry.lost:
+            return
+        if tries >= self._cfg.max_deliveries:
+            await self._dead_letter(entry, envelope, f"failed {tries} times", error)
+            return
+        if delay is None:
+            delay = _backoff(
+                envelope.attempt,
+                self._cfg.retry_backoff_seconds,
+                self._cfg.retry_backoff_max_seconds,
+            )
+        retry = msgspec.structs.replace(envelope, attempt=envelope.attempt + 1, last_error=error)
+        run_at_ms = int((time.time() + delay) * 1000)
+        settled = await self._scripts.retry(
+            keys=[entry.stream, self.keys.delayed(envelope.target)],
+            args=[self._group, entry.entry_id, self.consumer, run_at_ms, encode_envelope(retry)],
+        )
+        if settled:
+            self.stats.retried += 1
+            self._retry_scheduled.set()
+        else:
+            self._lease_lost(entry)
+
+    async def _dead_letter(
+        self, entry: _Entry, envelope: Envelope | None, reason: str, error: str | None = None
+    ) -> None:
+        if entry.lost:
+            return
+        target = self._intake.targets[entry.stream]
+        record: dict[str, Any] = {
+            "reason": reason,
+            "error": error or "",
+            "target": target,
+            "task_id": envelope.id if envelope else "",
+            "entry_id": entry.entry_id,
+            "deliveries": entry.deliveries,
+            "attempts": (envelope.attempt if envelope else 0) + entry.deliveries,
+            "consumer": self.consumer,
+            "failed_at": f"{time.time():.3f}",
+        }
+        for raw_name, value in entry.fields.items():
+            record.setdefault(raw_name.decode(errors="replace"), value)
+        args: list[Any] = [
+            self._group,
+            entry.entry_id,
+            self.consumer,
+            self.settings.streams.dlq_maxlen,
+        ]
+        for name, value in record.items():
+            args += [name, value]
+        settled = await self._scripts.dead_letter(
+            keys=[entry.stream, self.keys.dlq(target)], args=args
+        )
+        if settled:
+            self.stats.dead_lettered += 1
+            log.warning(
+                "task.dead_lettered",
+                target=target,
+                entry=entry.entry_id.decode(),
+                reason=reason,
+                error=error,
+            )
+        else:
+            self._lease_lost(entry)
+
+    def _lease_lost(self, entry: _Entry) -> None:
+        entry.lost = True
+        self.stats.lost_leases += 1
+        log.warning("lease.lost", stream=entry.stream.decode(), entry=entry.entry_id.decode())
+
+    def _maybe_recycle(self) -> None:
+        limit = self._cfg.max_entries
+        if limit and self.stats.handled >= limit:
+            self._recycle(f"handled {self.stats.handled} entries (worker.max_entries = {limit})")
+
+    def _recycle(self, reason: str) -> None:
+        if self._stopping.is_set():
+            return
+        if self._on_recycle is not None:
+            self._on_recycle(reason)
+        self.stop(f"recycle: {reason}")
+
+    # --- leases and acks ----------------------------------------------------------------
+    async def _renew_loop(self) -> None:
+        interval = self._cfg.lease_seconds / 3
+        while True:
+            await anyio.sleep(interval)
+            await self._renew()
+            self._check_memory()
+
+    async def _renew(self) -> None:
+        by_stream: dict[bytes, list[bytes]] = {}
+        for entry in self._inflight.values():
+            if not entry.lost:
+                by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+        for stream, ids in by_stream.items():
+            for start in range(0, len(ids), _RENEW_BATCH):
+                batch = ids[start : start + _RENEW_BATCH]
+                lost = await self._scripts.renew(
+                    keys=[stream], args=[self._group, self.consumer, *batch]
+                )
+                for entry_id in lost:
+                    gone = self._inflight.get((stream, entry_id))
+                    if gone is not None:
+                        self._lease_lost(gone)
+                        if gone.scope is not None:
+                            gone.scope.cancel()
+
+    def _check_memory(self) -> None:
+        limit = self._cfg.max_rss_mb
+        if limit:
+            rss = _rss_mb()
+            if rss > limit:
+                self._recycle(f"resident memory {rss:.0f} MiB over worker.max_rss_mb = {limit}")
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await self._ack_wanted.wait()
+            self._ack_wanted = anyio.Event()
+            try:
+                await self._flush_acks()
+            except redis.exceptions.RedisError as exc:
+                log.warning("ack.failed", error=str(exc))
+                self._ack_wanted.set()
+                await anyio.sleep(0.5)
+
+    async def _flush_acks(self) -> None:
+        if not self._acks:
+            return
+        acks, self._acks = self._acks, {}
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                for stream, ids in acks.items():
+                    pipe.xack(stream, self._group, *ids)
+                    pipe.xdel(stream, *ids)
+                await pipe.execute()
+        except BaseException:
+            for stream, ids in acks.items():  # keep them for the next flush
+                self._acks.setdefault(stream, []).extend(ids)
+            raise
+
+    async def _release_remaining(self) -> None:
+        """Make everything still pending for us claimable by other workers at once.
+
+        Reads our pending list rather than our in-memory view, so entries delivered by a read
+        that shutdown interrupted are released too. Acks are flushed first.
+        """
+        try:
+            await self._flush_acks()
+            for stream in self._intake.targets:
+                pending: Any = await self.client.xpending_range(
+                    stream, self._group, min="-", max="+", count=100_000,
+                    consumername=self.consumer,
+                )  # fmt: skip
+                if not pending:
+                    continue
+                args: list[Any] = [self._group, self.consumer, self._lease_ms]
+                for item in pending:
+                    args += [item["message_id"], max(0, item["times_delivered"] - 1)]
+                released = int(await self._scripts.release(keys=[stream], args=args))
+                self.stats.released += released
+                log.info("worker.released", stream=stream.decode(), entries=released)
+        except redis.exceptions.RedisError as exc:
+            log.warning("release.failed", error=str(exc))
+        self._inflight.clear()
+
+
+def _stream_items(reply: Any) -> Any:
+    """(stream, entries) pairs of an XREADGROUP reply, whichever shape redis-py parsed."""
+    if not reply:
+        return ()
+    return reply.items() if isinstance(reply, dict) else reply
+
+
+def _convert(payload: Any, payload_type: Any) -> Any:
+    if payload_type is Any:
+        return payload
+    return msgspec.convert(payload, payload_type)
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 1] + "…"
+
+
+def _backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random."""
+    ceiling = min(cap, base * (2.0**attempt))
+    return ceiling / 2 + random.uniform(0.0, ceiling / 2)
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
