@@ -1,6 +1,6 @@
 """The ``agents-worker`` command line."""
 
-from runtime.cli import config_cmd, demo_cmd, redis_cmd
+from runtime.cli import config_cmd, demo_cmd, redis_cmd, run_cmd
 from runtime.cli.app import Context, cli, pass_context
 
 __all__ = ["Context", "cli", "main", "pass_context"]
@@ -8,6 +8,7 @@ __all__ = ["Context", "cli", "main", "pass_context"]
 cli.add_command(redis_cmd.redis_group)
 cli.add_command(config_cmd.config_group)
 cli.add_command(demo_cmd.demo)
+cli.add_command(run_cmd.run)
 
 
 def main() -> None:

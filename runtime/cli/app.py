@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -24,10 +24,19 @@ class Context:
     resolved: Resolved
     console: Console
     errors: Console
+    config_file: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def settings(self) -> Settings:
         return self.resolved.settings
+
+    def override(self, flags: dict[str, Any]) -> None:
+        """Apply a command's own flags (``None``: not given) on top of the global ones."""
+        given = {key: value for key, value in flags.items() if value is not None}
+        if given:
+            self.overrides = {**self.overrides, **given}
+            self.resolved = resolve_settings(self.config_file, overrides=self.overrides)
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -109,4 +118,6 @@ def cli(
         resolved,
         Console(highlight=False, soft_wrap=True),
         Console(stderr=True, highlight=False, soft_wrap=True),
+        config_file,
+        merged,
     )
