@@ -8,22 +8,32 @@ async with open_redis(settings) as conn:   # embedded Redis Stack when no URL is
 """
 
 from runtime._version import __version__
+from runtime.app import App, Handler, TaskContext, load_app
+from runtime.dlq import DeadLetter, DeadLetters, Replayed
+from runtime.envelope import SCHEMA_VERSION, Envelope
 from runtime.errors import (
     AgentsWorkerError,
+    AppError,
     ConfigError,
     EmbeddedRedisError,
     EmbeddedRedisNotInstalled,
+    EnqueueError,
     KeyNameError,
     MissingModuleError,
     OpenSSLMissingError,
+    PermanentError,
     PortInUseError,
     RedisCommandError,
     RedisConnectionError,
     RedisError,
     RedisTimeoutError,
+    RetryLater,
+    SupervisorError,
+    TaskFailure,
 )
 from runtime.keys import Keys
 from runtime.log import configure_logging, get_logger
+from runtime.producer import Enqueued, Producer
 from runtime.redaction import redact_url
 from runtime.redis import (
     Connection,
@@ -39,39 +49,63 @@ from runtime.settings import (
     ObservabilitySettings,
     RedisSettings,
     Settings,
+    StreamSettings,
     SupervisorSettings,
     WorkerSettings,
     load_settings,
     resolve_settings,
 )
+from runtime.supervisor import Supervisor
+from runtime.worker import Worker, WorkerStats
 
 __all__ = [
+    "SCHEMA_VERSION",
     "AgentsWorkerError",
+    "App",
+    "AppError",
     "ConfigError",
     "Connection",
+    "DeadLetter",
+    "DeadLetters",
     "EmbeddedRedis",
     "EmbeddedRedisError",
     "EmbeddedRedisNotInstalled",
     "EmbeddedRedisSettings",
+    "EnqueueError",
+    "Enqueued",
+    "Envelope",
+    "Handler",
     "KeyNameError",
     "Keys",
     "MissingModuleError",
     "ObservabilitySettings",
     "OpenSSLMissingError",
+    "PermanentError",
     "PortInUseError",
+    "Producer",
     "RedisCommandError",
     "RedisConnectionError",
     "RedisError",
     "RedisSettings",
     "RedisTimeoutError",
+    "Replayed",
+    "RetryLater",
     "ServerInfo",
     "ServerStatus",
     "Settings",
+    "StreamSettings",
+    "Supervisor",
+    "SupervisorError",
     "SupervisorSettings",
+    "TaskContext",
+    "TaskFailure",
+    "Worker",
     "WorkerSettings",
+    "WorkerStats",
     "__version__",
     "configure_logging",
     "get_logger",
+    "load_app",
     "load_settings",
     "open_redis",
     "read_server_info",

@@ -32,8 +32,8 @@ ENVELOPE_FIELD = b"envelope"
 class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One unit of work for a target (an agent or a task handler)."""
 
-    v: int = SCHEMA_VERSION
-    """Schema version; entries of another version go to the dead-letter stream."""
+    v: int = 1
+    """Schema version; absent means 1. Entries of another version are dead-lettered."""
     id: str
     """Task id, unique per logical task; kept across retries and replays."""
     target: str

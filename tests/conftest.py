@@ -93,3 +93,50 @@ async def client(redis_url: str, key_prefix: str) -> AsyncIterator[redis.asyncio
         async for key in conn.scan_iter(match=f"{key_prefix}:*", count=1000):
             await conn.unlink(key)
         await conn.aclose()
+
+
+PLAIN_BINARY = "/usr/bin/redis-server"  # Debian's package: Redis 7.0 without modules
+
+
+@pytest.fixture(scope="session")
+def plain_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis without modules: Debian's redis-server when installed, else the bundled one."""
+    binary = PLAIN_BINARY if Path(PLAIN_BINARY).is_file() else None
+    server = EmbeddedRedis(
+        embedded_settings(
+            tmp_path_factory.mktemp("plain"), modules=[], appendonly=False, server_binary=binary
+        )
+    )
+    status = server.start()
+    try:
+        yield status.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["stack", "plain"])
+def core_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """The stream core runs on Redis Stack and on a plain Redis ≥ 7 alike."""
+    if request.param == "stack":
+        return redis_url
+    return str(request.getfixturevalue("plain_redis_url"))
+
+
+# Short timings so crash and lease tests finish in seconds.
+FAST = {
+    "worker.lease_seconds": "1",
+    "worker.reclaim_interval_seconds": "0.1",
+    "worker.retry_backoff_seconds": "0.01",
+    "worker.retry_backoff_max_seconds": "0.05",
+    "worker.block_ms": "200",
+    "worker.max_deliveries": "3",
+    "worker.concurrency": "8",
+    "worker.shutdown_grace_seconds": "5",
+}
+
+
+def make_settings(url: str, prefix: str, **overrides: object) -> Settings:
+    """Settings for *url* and *prefix* with the FAST timings and *overrides* (dotted → value)."""
+    values: dict[str, object] = {"redis.url": url, "redis.key_prefix": prefix, **FAST}
+    values.update({key.replace("__", "."): value for key, value in overrides.items()})
+    return load_settings(env={}, overrides=values)

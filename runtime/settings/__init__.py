@@ -15,6 +15,7 @@ from runtime.settings.model import (
     ObservabilitySettings,
     RedisSettings,
     Settings,
+    StreamSettings,
     SupervisorSettings,
     WorkerSettings,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "RedisSettings",
     "Resolved",
     "Settings",
+    "StreamSettings",
     "SupervisorSettings",
     "WorkerSettings",
     "env_name",

@@ -162,6 +162,7 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 await self._release_remaining()
             services.cancel_scope.cancel()
+        self._receive.close()
         log.info("worker.stopped", consumer=self.consumer, **vars(self.stats))
 
     async def _drain(self, handlers: anyio.CancelScope) -> None:
@@ -292,16 +293,29 @@ class Worker:
                 self._retry_scheduled = anyio.Event()
 
     async def _cleanup_loop(self) -> None:
-        """Remove consumers of dead workers that own nothing (never one with pending work)."""
         idle_ms = max(10 * self._lease_ms, 60_000)
         while True:
             await anyio.sleep(_CLEANUP_EVERY)
-            for stream in self._intake.targets:
-                for info in await self.client.xinfo_consumers(stream, self._group):
-                    name = info["name"]
-                    name = name.decode() if isinstance(name, bytes) else name
-                    if name != self.consumer and info["pending"] == 0 and info["idle"] > idle_ms:
-                        await self._scripts.delete_consumer(keys=[stream], args=[self._group, name])
+            await self.remove_dead_consumers(idle_ms)
+
+    async def remove_dead_consumers(self, min_idle_ms: int) -> list[str]:
+        """Delete consumers idle for *min_idle_ms* that own no pending entry; return their names.
+
+        The check and the delete are one script, so a consumer that took work in between is
+        never deleted with its entries.
+        """
+        removed = []
+        for stream in self._intake.targets:
+            for info in await self.client.xinfo_consumers(stream, self._group):
+                name = info["name"]
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                if name == self.consumer or info["idle"] < min_idle_ms:
+                    continue
+                args = [self._group, name]
+                if await self._scripts.delete_consumer(keys=[stream], args=args):
+                    removed.append(name)
+                    log.info("consumer.removed", stream=stream.decode(), consumer=name)
+        return removed
 
     # --- handling -----------------------------------------------------------------------
     async def _handler_loop(self) -> None:
