@@ -29,13 +29,13 @@ async def running_worker(
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
+    check: Callable[[], Awaitable[bool]], limit: float = 10.0, what: str = "condition"
 ) -> float:
-    """Poll *check* every 20 ms; return the seconds it took, fail after *timeout*."""
+    """Poll *check* every 20 ms; return the seconds it took, fail after *limit* seconds."""
     began = time.monotonic()
     while not await check():
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        if time.monotonic() - began > limit:
+            raise AssertionError(f"timed out after {limit} s waiting for {what}")
         await anyio.sleep(0.02)
     return time.monotonic() - began
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import anyio
@@ -165,7 +166,7 @@ async def test_long_handler_is_never_run_twice(
     async with running_worker(settings, core, "test:0") as first:
         await wait_until(lambda: _count(core, keys, "started", 4), what="four starts")
         async with running_worker(settings, core, "test:1") as second:
-            await wait_until(lambda: _count(core, keys, "effects", 4), timeout=15, what="effects")
+            await wait_until(lambda: _count(core, keys, "effects", 4), limit=15, what="effects")
             await wait_until(lambda: _inbox_empty(core, keys, "blocking"), what="blocking done")
     started = await scratch_list(core, keys, "started")
     assert len(started) == len(set(started)) == 4
@@ -178,10 +179,8 @@ async def _inbox_empty(client: redis.asyncio.Redis, keys: Keys, target: str) -> 
 
 async def _ghost_reads(client: redis.asyncio.Redis, keys: Keys, target: str, consumer: str) -> None:
     """A consumer that takes entries and dies (never acks)."""
-    try:
+    with contextlib.suppress(redis.exceptions.ResponseError):  # the group exists
         await client.xgroup_create(keys.inbox(target), "workers", id="0", mkstream=True)
-    except redis.exceptions.ResponseError:
-        pass
     await client.xreadgroup("workers", consumer, {keys.inbox(target): ">"}, count=100)
 
 
