@@ -1,0 +1,337 @@
+"""`agents-worker run` as real processes: SIGKILL chaos, restarts, crash loops, recycling,
+autoscaling and graceful shutdown."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+import redis.asyncio
+
+from runtime import Keys, Producer
+from runtime.dlq import DeadLetters
+from tests.conftest import OPENSSL_DIR, ROOT, make_settings
+from tests.helpers import scratch_list, wait_until
+
+pytestmark = pytest.mark.anyio
+
+FAST = [
+    "worker.lease_seconds=1",
+    "worker.reclaim_interval_seconds=0.2",
+    "worker.retry_backoff_seconds=0.01",
+    "worker.block_ms=500",
+    "supervisor.restart_backoff_seconds=0.05",
+    "supervisor.ready_timeout_seconds=20",
+]
+
+
+class Running:
+    """An `agents-worker run` process whose output is collected line by line."""
+
+    def __init__(self, args: list[str], *, cwd: Path = ROOT) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTS_WORKER_")}
+        env.pop("REDIS_URL", None)
+        env["PYTHONPATH"] = str(ROOT)
+        env["AGENTS_WORKER_REDIS_EMBEDDED_OPENSSL_DIR"] = OPENSSL_DIR
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime.cli", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def count(self, pattern: str) -> int:
+        return sum(1 for line in self.lines if re.search(pattern, line))
+
+    async def wait_for(self, pattern: str, n: int = 1, limit: float = 30) -> None:
+        began = time.monotonic()
+        while self.count(pattern) < n:
+            if self.proc.poll() is not None or time.monotonic() - began > limit:
+                raise AssertionError(f"no {n}× {pattern!r} in:\n{self.output[-3000:]}")
+            await anyio.sleep(0.05)
+
+    def workers(self) -> list[int]:
+        """Pids of the worker processes (children of the supervisor)."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == self.proc.pid and fields[0] != "Z":
+                pids.append(int(stat.parent.name))
+        return pids
+
+    async def stop(self, limit: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return await self.wait(limit)
+
+    async def wait(self, limit: float = 30) -> int:
+        began = time.monotonic()
+        while self.proc.poll() is None:
+            if time.monotonic() - began > limit:
+                self.proc.kill()
+                raise AssertionError(f"did not exit within {limit} s:\n{self.output[-3000:]}")
+            await anyio.sleep(0.05)
+        self._close()
+        return self.proc.returncode
+
+    def _close(self) -> None:
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def kill(self) -> None:
+        for pid in self.workers():
+            os.kill(pid, signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close()
+
+
+@pytest.fixture
+def runs() -> Iterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for run in started:
+        run.kill()
+
+
+def supervise(
+    runs: list[Running], url: str | None, prefix: str, *args: str, sets: list[str] = FAST,
+    app: str = "tests.apps:app", cwd: Path = ROOT,
+) -> Running:  # fmt: skip
+    argv = ["--key-prefix", prefix]
+    if url is not None:
+        argv += ["--redis-url", url]
+    for item in sets:
+        argv += ["--set", item]
+    run = Running([*argv, "run", app, "--http-port", "0", *args], cwd=cwd)
+    runs.append(run)
+    return run
+
+
+@pytest.fixture
+async def client(redis_url: str, key_prefix: str) -> redis.asyncio.Redis:
+    conn = redis.asyncio.Redis.from_url(redis_url)
+    yield conn
+    async for key in conn.scan_iter(match=f"{key_prefix}:*", count=1000):
+        await conn.unlink(key)
+    await conn.aclose()
+
+
+def producer(url: str, keys: Keys, client: redis.asyncio.Redis) -> Producer:
+    return Producer(client, keys=keys, settings=make_settings(url, keys.prefix))
+
+
+@pytest.mark.timeout(240)
+async def test_sigkill_chaos_loses_nothing(
+    runs: list[Running], redis_url: str, keys: Keys, client: redis.asyncio.Redis
+) -> None:
+    """3 workers, a random one SIGKILLed about every second for 12 s: every entry's effect is
+    recorded, and duplicates come only from entries in flight at a kill."""
+    concurrency = 8
+    sets = [*FAST, "worker.max_deliveries=100", "supervisor.crash_loop_restarts=1000"]
+    run = supervise(runs, redis_url, keys.prefix, "-w", "3", "-c", str(concurrency), sets=sets)
+    await run.wait_for(r"worker\.ready slot=", 3)
+    total = 3000
+    sent = await producer(redis_url, keys, client).enqueue_many("slow", [0.1] * total)
+    kills = 0
+    began = time.monotonic()
+    while time.monotonic() - began < 12:
+        await anyio.sleep(random.uniform(0.7, 1.3))
+        victims = run.workers()
+        if victims:
+            os.kill(random.choice(victims), signal.SIGKILL)
+            kills += 1
+    assert kills >= 9
+
+    async def all_done() -> bool:
+        return int(await client.llen(keys.scratch("effects"))) >= total
+
+    await wait_until(all_done, limit=90, what=f"{total} effects")
+    await wait_until(lambda: _drained(client, keys, "slow"), limit=30, what="an empty inbox")
+    effects = await scratch_list(client, keys, "effects")
+    assert set(effects) == {s.task_id for s in sent}  # nothing lost
+    duplicates = len(effects) - len(set(effects))
+    assert duplicates <= kills * concurrency  # only what was in flight at a kill
+    assert await DeadLetters(client, keys=keys).size("slow") == 0
+    assert run.count("worker.crashed") == kills
+    assert await run.stop() == 0
+
+
+async def _drained(client: redis.asyncio.Redis, keys: Keys, target: str) -> bool:
+    pending = await client.xpending(keys.inbox(target), "workers")
+    return int(await client.xlen(keys.inbox(target))) == 0 and pending["pending"] == 0
+
+
+async def test_crashing_entry_is_dead_lettered_after_max_deliveries(
+    runs: list[Running], redis_url: str, keys: Keys, client: redis.asyncio.Redis
+) -> None:
+    sets = [*FAST, "worker.max_deliveries=3", "supervisor.crash_loop_restarts=100"]
+    run = supervise(runs, redis_url, keys.prefix, "-w", "1", "-c", "2", sets=sets)
+    await run.wait_for(r"worker\.ready slot=")
+    poison = await producer(redis_url, keys, client).enqueue("crash")
+    letters = DeadLetters(client, keys=keys)
+
+    async def dead_lettered() -> bool:
+        return await letters.size("crash") == 1
+
+    await wait_until(dead_lettered, limit=30, what="the poison entry in the DLQ")
+    assert await scratch_list(client, keys, "started") == [poison.task_id] * 3
+    [letter] = await letters.read("crash")
+    assert letter.reason.startswith("delivered 4 times without an outcome")
+    assert letter.error == "the worker running it died or hung"
+    assert run.count("worker.crashed") == 3
+    done = await producer(redis_url, keys, client).enqueue("echo", 1)  # the fleet goes on
+    await wait_until(lambda: _has(client, keys, done.task_id), what="work after the poison")
+    assert await run.stop() == 0
+
+
+async def _has(client: redis.asyncio.Redis, keys: Keys, task_id: str) -> bool:
+    return task_id in await scratch_list(client, keys, "effects")
+
+
+async def test_killed_worker_is_restarted(
+    runs: list[Running], redis_url: str, keys: Keys, client: redis.asyncio.Redis
+) -> None:
+    run = supervise(runs, redis_url, keys.prefix, "-w", "2")
+    await run.wait_for(r"worker\.ready slot=", 2)
+    before = sorted(run.workers())
+    os.kill(before[0], signal.SIGKILL)
+    await run.wait_for("worker.crashed")
+    await run.wait_for(r"worker\.ready slot=", 3)
+    after = sorted(run.workers())
+    assert len(after) == 2 and before[0] not in after and before[1] in after
+    assert await run.stop() == 0
+    assert "supervisor.stopped clean=true" in run.output
+
+
+async def test_crash_loop_stops_the_supervisor(
+    runs: list[Running], redis_url: str, keys: Keys
+) -> None:
+    sets = [*FAST, "supervisor.crash_loop_restarts=3"]
+    run = supervise(runs, redis_url, keys.prefix, "-w", "1", sets=sets, app="tests.apps:crashing_app")
+    assert await run.wait(30) == 1
+    assert "worker processes crashed 3 times within 60 s" in run.output
+    assert "Error: " in run.output and "Traceback" not in run.output
+    assert run.workers() == []
+
+
+async def test_worker_recycled_after_max_entries(
+    runs: list[Running], redis_url: str, keys: Keys, client: redis.asyncio.Redis
+) -> None:
+    sets = [*FAST, "worker.max_entries=5"]
+    run = supervise(runs, redis_url, keys.prefix, "-w", "1", "-c", "1", sets=sets)
+    await run.wait_for(r"worker\.ready slot=")
+    sent = await producer(redis_url, keys, client).enqueue_many("echo", range(23))
+
+    async def done() -> bool:
+        return len(await scratch_list(client, keys, "effects")) >= 23
+
+    await wait_until(done, limit=60, what="23 effects")
+    assert sorted(await scratch_list(client, keys, "effects")) == sorted(s.task_id for s in sent)
+    assert run.count("worker.recycled") >= 4
+    assert run.count("worker.crashed") == 0
+    assert await run.stop() == 0
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no metric {name}")
+
+
+async def test_autoscaling_up_under_backlog_and_down_when_idle(
+    runs: list[Running], redis_url: str, keys: Keys, client: redis.asyncio.Redis
+) -> None:
+    sets = [
+        *FAST,
+        "supervisor.scale_interval_seconds=0.2",
+        "supervisor.scale_down_after_seconds=1",
+    ]
+    run = supervise(
+        runs, redis_url, keys.prefix, "-w", "1", "--min-workers", "1", "--max-workers", "3",
+        "-c", "2",
+        sets=sets,
+    )  # fmt: skip
+    await run.wait_for(r"worker\.ready slot=", 1)
+    assert len(run.workers()) == 1
+    await producer(redis_url, keys, client).enqueue_many("slow", [0.3] * 60)
+    await run.wait_for("autoscale.up", 2)
+    await run.wait_for(r"worker\.ready slot=", 3)
+    assert len(run.workers()) == 3
+
+    async def done() -> bool:
+        return len(await scratch_list(client, keys, "effects")) >= 60
+
+    await wait_until(done, limit=60, what="60 effects")
+    await run.wait_for("autoscale.down", 2, limit=20)
+    began = time.monotonic()
+    while len(run.workers()) != 1 and time.monotonic() - began < 15:
+        await anyio.sleep(0.1)
+    assert len(run.workers()) == 1
+    assert await run.stop() == 0
+
+
+async def test_sigterm_drains_slow_handlers(
+    runs: list[Running], redis_url: str, keys: Keys, client: redis.asyncio.Redis
+) -> None:
+    sets = [*FAST, "worker.shutdown_grace_seconds=10"]
+    run = supervise(runs, redis_url, keys.prefix, "-w", "1", "-c", "4", sets=sets)
+    await run.wait_for(r"worker\.ready slot=")
+    await producer(redis_url, keys, client).enqueue_many("slow", [1.5] * 4)
+
+    async def started() -> bool:
+        return len(await scratch_list(client, keys, "started")) == 4
+
+    await wait_until(started, what="four starts")
+    began = time.monotonic()
+    assert await run.stop() == 0
+    assert time.monotonic() - began < 8
+    assert len(await scratch_list(client, keys, "effects")) == 4  # they finished
+    assert await _drained(client, keys, "slow")  # nothing stranded
+
+
+async def test_embedded_redis_when_no_url(runs: list[Running], tmp_path: Path, key_prefix: str) -> None:
+    run = supervise(runs, None, key_prefix, "-w", "1", cwd=tmp_path)
+    await run.wait_for(r"worker\.ready slot=")
+    assert "No Redis URL configured: starting the embedded Redis Stack." in run.output
+    assert (tmp_path / ".agents-worker" / "redis" / "server.json").is_file()
+    assert await run.stop() == 0
+    assert not (tmp_path / ".agents-worker" / "redis" / "server.json").exists()
+
+
+async def test_bad_app_is_one_clear_error(runs: list[Running], redis_url: str, key_prefix: str) -> None:
+    run = supervise(runs, redis_url, key_prefix, app="tests.nope:app")
+    assert await run.wait(20) == 1
+    assert "Error: cannot import 'tests.nope' for app 'tests.nope:app'" in run.output
+    assert "Traceback" not in run.output
