@@ -35,7 +35,7 @@ __all__ = ["App", "Handler", "TaskContext", "load_app"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskContext:
     """What a handler knows about the entry it runs."""
 

@@ -237,7 +237,9 @@ async def test_crash_loop_stops_the_supervisor(
     runs: list[Running], redis_url: str, keys: Keys
 ) -> None:
     sets = [*FAST, "supervisor.crash_loop_restarts=3"]
-    run = supervise(runs, redis_url, keys.prefix, "-w", "1", sets=sets, app="tests.apps:crashing_app")
+    run = supervise(
+        runs, redis_url, keys.prefix, "-w", "1", sets=sets, app="tests.apps:crashing_app"
+    )
     assert await run.wait(30) == 1
     assert "worker processes crashed 3 times within 60 s" in run.output
     assert "Error: " in run.output and "Traceback" not in run.output
@@ -321,7 +323,9 @@ async def test_sigterm_drains_slow_handlers(
     assert await _drained(client, keys, "slow")  # nothing stranded
 
 
-async def test_embedded_redis_when_no_url(runs: list[Running], tmp_path: Path, key_prefix: str) -> None:
+async def test_embedded_redis_when_no_url(
+    runs: list[Running], tmp_path: Path, key_prefix: str
+) -> None:
     run = supervise(runs, None, key_prefix, "-w", "1", cwd=tmp_path)
     await run.wait_for(r"worker\.ready slot=")
     assert "No Redis URL configured: starting the embedded Redis Stack." in run.output
@@ -330,7 +334,9 @@ async def test_embedded_redis_when_no_url(runs: list[Running], tmp_path: Path, k
     assert not (tmp_path / ".agents-worker" / "redis" / "server.json").exists()
 
 
-async def test_bad_app_is_one_clear_error(runs: list[Running], redis_url: str, key_prefix: str) -> None:
+async def test_bad_app_is_one_clear_error(
+    runs: list[Running], redis_url: str, key_prefix: str
+) -> None:
     run = supervise(runs, redis_url, key_prefix, app="tests.nope:app")
     assert await run.wait(20) == 1
     assert "Error: cannot import 'tests.nope' for app 'tests.nope:app'" in run.output

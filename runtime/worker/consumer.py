@@ -15,10 +15,10 @@ Delivery contract (docs/delivery.md):
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +28,6 @@ import msgspec
 import redis.asyncio
 import redis.exceptions
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from runtime.app import App, Handler, TaskContext
 from runtime.envelope import Envelope, MalformedEntry, decode_entry, encode_envelope
@@ -114,13 +113,14 @@ class Worker:
         self._inflight: dict[tuple[bytes, bytes], _Entry] = {}
         self._acks: dict[bytes, list[bytes]] = {}
         self._ack_wanted = anyio.Event()
-        self._slot_freed = anyio.Event()
+        self._slot_freed: anyio.Event | None = None
         self._retry_scheduled = anyio.Event()
         self._stopping = anyio.Event()
         self._on_recycle = on_recycle
-        send, receive = anyio.create_memory_object_stream[_Entry](math.inf)
-        self._send: MemoryObjectSendStream[_Entry] = send
-        self._receive: MemoryObjectReceiveStream[_Entry] = receive
+        # Entries read but not started; idle handler loops wait on _work. One Event per batch,
+        # not per entry: this hand-off is the hot path.
+        self._queue: deque[_Entry] = deque()
+        self._work = anyio.Event()
 
     # --- lifecycle ----------------------------------------------------------------------
     def stop(self, reason: str = "stop requested") -> None:
@@ -162,12 +162,10 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 await self._release_remaining()
             services.cancel_scope.cancel()
-        self._receive.close()
         log.info("worker.stopped", consumer=self.consumer, **vars(self.stats))
 
     async def _drain(self, handlers: anyio.CancelScope) -> None:
         """Start nothing new; give running handlers the grace period, then cancel them."""
-        self._send.close()
         started = [e for e in self._inflight.values() if e.scope is not None]
         log.info("worker.draining", in_flight=len(started), grace=self._cfg.shutdown_grace_seconds)
         with anyio.move_on_after(self._cfg.shutdown_grace_seconds):
@@ -229,15 +227,19 @@ class Worker:
     def _admit(self, stream: bytes, entry_id: bytes, fields: dict[bytes, bytes], n: int) -> None:
         entry = _Entry(stream, entry_id, fields, n)
         self._inflight[(stream, entry_id)] = entry
-        self._send.send_nowait(entry)
+        self._queue.append(entry)
+        self._work.set()
 
     async def _wait_slot(self) -> None:
+        if self._slot_freed is None:
+            self._slot_freed = anyio.Event()
         await self._slot_freed.wait()
 
     def _done(self, entry: _Entry) -> None:
         self._inflight.pop((entry.stream, entry.entry_id), None)
-        self._slot_freed.set()
-        self._slot_freed = anyio.Event()
+        if self._slot_freed is not None:  # only when someone waits: no Event per entry
+            self._slot_freed.set()
+            self._slot_freed = None
 
     async def _reclaim_loop(self) -> None:
         """Claim entries whose lease expired, on a timer (an idle queue recovers too)."""
@@ -319,9 +321,14 @@ class Worker:
 
     # --- handling -----------------------------------------------------------------------
     async def _handler_loop(self) -> None:
-        async for entry in self._receive:
-            if self._stopping.is_set():
-                continue  # not started before shutdown: released with the rest
+        while True:
+            if not self._queue or self._stopping.is_set():
+                # not started before shutdown: left in flight, released with the rest
+                if self._work.is_set():
+                    self._work = anyio.Event()
+                await self._work.wait()
+                continue
+            entry = self._queue.popleft()
             try:
                 await self._handle(entry)
             except Exception:
@@ -385,18 +392,18 @@ class Worker:
         if envelope.deadline is not None:
             timeout = min(timeout, max(0.0, envelope.deadline - time.time()))
         self.stats.handled += 1
+        # One cancel scope serves as the timeout and as the handle to cancel on a lost lease.
+        scope = entry.scope = anyio.CancelScope(deadline=anyio.current_time() + timeout)
         try:
-            with anyio.CancelScope() as scope:
-                entry.scope = scope
-                with anyio.fail_after(timeout):
-                    if handler.is_async:
-                        await handler.fn(ctx, payload)
-                    else:
-                        await anyio.to_thread.run_sync(
-                            handler.fn, ctx, payload, abandon_on_cancel=True
-                        )
-        except TimeoutError:
-            await self._failed(entry, envelope, tries, f"timed out after {timeout:g} s", None)
+            with scope:
+                if handler.is_async:
+                    await handler.fn(ctx, payload)
+                else:
+                    await anyio.to_thread.run_sync(handler.fn, ctx, payload, abandon_on_cancel=True)
+            if scope.cancelled_caught and not entry.lost:
+                raise _TimedOut(f"timed out after {timeout:g} s")
+        except _TimedOut as exc:
+            await self._failed(entry, envelope, tries, str(exc), None)
         except PermanentError as exc:
             await self._dead_letter(entry, envelope, "permanent failure", _describe(exc))
         except RetryLater as exc:
@@ -406,7 +413,7 @@ class Worker:
             await self._failed(entry, envelope, tries, _describe(exc), None)
         else:
             if scope.cancelled_caught:
-                return  # lease lost or shutdown: not ours to settle
+                return  # the lease was lost: the entry is not ours to settle
             self.stats.succeeded += 1
             self._ack(entry)
         finally:
@@ -586,6 +593,10 @@ class Worker:
         except redis.exceptions.RedisError as exc:
             log.warning("release.failed", error=str(exc))
         self._inflight.clear()
+
+
+class _TimedOut(Exception):
+    """The handler ran past its timeout (or the entry's deadline)."""
 
 
 def _stream_items(reply: Any) -> Any:
