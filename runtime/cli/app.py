@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import click
+import msgspec
 from rich.console import Console
 
 from runtime import __version__
 from runtime.errors import AgentsWorkerError
 from runtime.log import configure_logging
 from runtime.redaction import redact_text
+from runtime.redis.connection import Connection, open_redis
+from runtime.redis.embedded import EmbeddedRedis
 from runtime.settings import Resolved, Settings, resolve_settings
 
-__all__ = ["Context", "cli", "pass_context"]
+__all__ = ["Context", "cli", "existing_redis", "pass_context"]
 
 
 @dataclass
@@ -114,10 +121,32 @@ def cli(
     resolved = resolve_settings(config_file, overrides=merged)
     settings = resolved.settings
     configure_logging(settings.observability.log_level, settings.observability.log_format)
+    # Piped output (logs, CI) gets wide tables rather than 80 columns of wrapped cells.
+    width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
     ctx.obj = Context(
         resolved,
-        Console(highlight=False, soft_wrap=True),
-        Console(stderr=True, highlight=False, soft_wrap=True),
+        Console(highlight=False, soft_wrap=True, width=width),
+        Console(stderr=True, highlight=False, soft_wrap=True, width=width),
         config_file,
         merged,
     )
+
+
+@contextlib.asynccontextmanager
+async def existing_redis(ctx: Context) -> AsyncIterator[Connection]:
+    """Connect to the configured Redis or the running embedded one; never start a server.
+
+    Operator commands use this: inspecting an empty server that was just started helps nobody.
+    """
+    settings = ctx.settings
+    if settings.redis.url is None:
+        running = EmbeddedRedis(settings.redis.embedded).status()
+        if running is None:
+            raise click.ClickException(
+                "no Redis to talk to: set REDIS_URL (or --redis-url), or start the embedded "
+                "server with `agents-worker redis start`"
+            )
+        redis_settings = msgspec.structs.replace(settings.redis, url=running.url)
+        settings = msgspec.structs.replace(settings, redis=redis_settings)
+    async with open_redis(settings) as conn:
+        yield conn

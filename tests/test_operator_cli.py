@@ -1,0 +1,99 @@
+"""The operator commands against a real Redis: enqueue, status, dlq list/show/replay/purge."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis.asyncio
+
+from runtime import Keys
+from runtime.dlq import DeadLetters
+from tests.conftest import make_settings
+from tests.helpers import running_worker, wait_until
+from tests.test_cli import run_cli
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def cli_args(redis_url: str, keys: Keys) -> list[str]:
+    return ["--redis-url", redis_url, "--key-prefix", keys.prefix]
+
+
+async def test_enqueue_status_and_dead_letters(
+    cli_args: list[str], client: redis.asyncio.Redis, keys: Keys, redis_url: str
+) -> None:
+    sent = run_cli(*cli_args, "enqueue", "fatal", '{"order": 17}')
+    assert sent.returncode == 0, sent.stderr
+    task_id = sent.stdout.strip()
+    assert len(task_id) == 32
+
+    status = json.loads(run_cli(*cli_args, "status", "--json").stdout)
+    assert [(s["target"], s["length"], s["dlq"]) for s in status] == [("fatal", 1, 0)]
+
+    letters = DeadLetters(client, keys=keys)
+    async with running_worker(make_settings(redis_url, keys.prefix), client, "ops:0"):
+
+        async def dead() -> bool:
+            return await letters.size("fatal") == 1
+
+        await wait_until(dead, what="the dead letter")
+
+    status = json.loads(run_cli(*cli_args, "status", "--json").stdout)
+    fatal = next(s for s in status if s["target"] == "fatal")  # the worker made every inbox
+    assert fatal["length"] == 0 and fatal["pending"] == 0 and fatal["dlq"] == 1
+    assert fatal["groups"][0]["name"] == "workers"
+    assert fatal["groups"][0]["consumers"][0]["name"] == "ops:0"
+    table = run_cli(*cli_args, "status").stdout
+    assert "fatal" in table and "ops:0" in table
+
+    listed = json.loads(run_cli(*cli_args, "dlq", "list", "fatal", "--json").stdout)
+    [letter] = listed
+    assert letter["task_id"] == task_id and letter["reason"] == "permanent failure"
+    assert letter["envelope"]["payload"] == {"order": 17}
+    assert "permanent failure" in run_cli(*cli_args, "dlq", "list", "fatal").stdout
+    sizes = json.loads(run_cli(*cli_args, "dlq", "list", "--json").stdout)
+    assert sizes["fatal"] == 1 and sizes["echo"] == 0
+
+    shown = json.loads(run_cli(*cli_args, "dlq", "show", "fatal", letter["id"]).stdout)
+    assert shown["error"] == "PermanentError: cannot ever work"
+    missing = run_cli(*cli_args, "dlq", "show", "fatal", "1-1")
+    assert missing.returncode == 1 and "no dead letter 1-1" in missing.stderr
+
+    assert run_cli(*cli_args, "dlq", "replay", "fatal").returncode == 2  # ids or --all
+    replayed = run_cli(*cli_args, "dlq", "replay", "fatal", letter["id"])
+    assert replayed.returncode == 0, replayed.stderr
+    assert "1 replayed, 0 skipped" in replayed.stdout
+    assert await client.xlen(keys.inbox("fatal")) == 1 and await letters.size("fatal") == 0
+    [entry] = await client.xrange(keys.inbox("fatal"))
+    assert json.loads(entry[1][b"envelope"])["id"] == task_id  # the same task, attempt reset
+
+    await client.xadd(keys.dlq("fatal"), {"reason": "x"})
+    await client.xadd(keys.dlq("fatal"), {"reason": "y"})
+    refused = run_cli(*cli_args, "dlq", "purge", "fatal", "--all")  # no terminal to confirm
+    assert refused.returncode == 1 and await letters.size("fatal") == 2
+    purged = run_cli(*cli_args, "dlq", "purge", "fatal", "--all", "--yes")
+    assert "2 deleted" in purged.stdout and await letters.size("fatal") == 0
+
+
+async def test_operator_commands_need_a_redis(tmp_path: object) -> None:
+    result = run_cli(
+        "--set", f"redis.embedded.data_dir={tmp_path}", "status"
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "no Redis to talk to" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_enqueue_refuses_bad_input(
+    cli_args: list[str], client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    bad_json = run_cli(*cli_args, "enqueue", "echo", "{nope")
+    assert bad_json.returncode == 2 and "pass --text" in bad_json.stderr
+    bad_target = run_cli(*cli_args, "enqueue", "no such", "1")
+    assert bad_target.returncode == 1 and "target name 'no such'" in bad_target.stderr
+    twice = run_cli(*cli_args, "enqueue", "echo", "1", "--key", "k1")
+    again = run_cli(*cli_args, "enqueue", "echo", "1", "--key", "k1")
+    assert again.stdout.startswith(twice.stdout.strip()) and "duplicate" in again.stdout
+    assert await client.xlen(keys.inbox("echo")) == 1
