@@ -297,10 +297,11 @@ async def test_autoscaling_up_under_backlog_and_down_when_idle(
 
     await wait_until(done, limit=60, what="60 effects")
     await run.wait_for("autoscale.down", 2, limit=20)
-    began = time.monotonic()
-    while len(run.workers()) != 1 and time.monotonic() - began < 15:
-        await anyio.sleep(0.1)
-    assert len(run.workers()) == 1
+
+    async def one_worker() -> bool:
+        return len(run.workers()) == 1
+
+    await wait_until(one_worker, limit=15, what="one worker left")
     assert await run.stop() == 0
 
 
