@@ -16,8 +16,9 @@ format:  ## apply ruff's fixes and formatting
 bench:  ## run the benchmarks (see benchmarks/RESULTS.md)
 	@scripts/bootstrap && .venv/bin/python -m benchmarks.startup
 
-docs:  ## regenerate docs/configuration.md from the settings model
-	@scripts/bootstrap && .venv/bin/agents-worker config docs > docs/configuration.md
+docs:  ## regenerate docs/configuration.md and config/agents-worker.toml from the settings model
+	@scripts/bootstrap && .venv/bin/agents-worker config docs > docs/configuration.md && \
+	  .venv/bin/agents-worker config example > config/agents-worker.toml
 
 clean:  ## stop the embedded server and remove .venv and .agents-worker
 	-@[ -x .venv/bin/agents-worker ] && .venv/bin/agents-worker redis stop

@@ -132,3 +132,14 @@ async def test_refused_command_is_translated(client: redis.asyncio.Redis, keys: 
     await client.set(key, "text")
     with pytest.raises(RedisCommandError, match="WRONGTYPE"), translate_errors("push"):
         await client.lpush(key, "x")
+
+
+async def test_plain_server_of_the_core_tests(plain_redis_url: str) -> None:
+    """The core tests' second server: Redis ≥ 7 with no module at all."""
+    client = redis.asyncio.Redis.from_url(plain_redis_url)
+    try:
+        info = await read_server_info(client)
+    finally:
+        await client.aclose()
+    assert info.modules == {}
+    assert int(info.version.split(".")[0]) >= 7

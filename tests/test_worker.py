@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
+from pathlib import Path
 
 import anyio
 import msgspec
@@ -355,11 +357,14 @@ async def test_published_by_hand_as_documented(
 ) -> None:
     """The wire-format page's example: any language can XADD a JSON envelope."""
     settings = make_settings(core_url, keys.prefix)
-    raw = b'{"v":1,"id":"order-17","target":"echo","payload":{"order":17}}'
+    page = (Path(__file__).parent.parent / "docs" / "wire-format.md").read_text()
+    example = re.search(r"envelope \\\n  '(\{.*?\})'", page)
+    assert example is not None, "the XADD example is gone from docs/wire-format.md"
+    raw = example[1].replace('"send_receipt"', '"echo"').encode()
     await core.xadd(keys.inbox("echo"), {"envelope": raw})
     async with running_worker(settings, core):
         await wait_until(lambda: _count(core, keys, "effects", 1), what="the hand-made entry")
-    assert await scratch_list(core, keys, "effects") == ["order-17"]
+    assert await scratch_list(core, keys, "effects") == ["order-17-receipt"]
     decoded = msgspec.json.decode(raw, type=Envelope)
     assert decoded.attempt == 0 and decoded.payload == {"order": 17}
     assert b'"v"' not in encode_envelope(decoded)  # defaults are left out on the wire

@@ -12,7 +12,7 @@ from rich.table import Table
 from runtime.cli.app import Context, pass_context
 from runtime.redaction import redact_url
 from runtime.settings import iter_fields
-from runtime.settings.docs import render_reference
+from runtime.settings.docs import render_example, render_reference
 
 __all__ = ["config_group"]
 
@@ -67,3 +67,9 @@ def check(ctx: Context) -> None:
 def docs() -> None:
     """Print the settings reference in Markdown (docs/configuration.md)."""
     click.echo(render_reference(), nl=False)
+
+
+@config_group.command()
+def example() -> None:
+    """Print a TOML file with every setting at its default (config/agents-worker.toml)."""
+    click.echo(render_example(), nl=False)

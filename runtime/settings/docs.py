@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from typing import Any
 
 import msgspec
@@ -10,7 +11,7 @@ import msgspec
 from runtime.settings.loader import CONFIG_ENV, DEFAULT_CONFIG_FILE, ENV_PREFIX, iter_fields
 from runtime.settings.model import Settings
 
-__all__ = ["render_reference", "type_name"]
+__all__ = ["render_example", "render_reference", "type_name"]
 
 _HEADER = f"""\
 # Configuration
@@ -104,3 +105,38 @@ def _tidy(text: str) -> str:
             out.append("")
         out.append(line)
     return "\n".join(out).rstrip() + "\n"
+
+
+_EXAMPLES = {
+    "redis.url": '"redis://localhost:6379/0"',
+    "redis.embedded.password": '"change-me"',
+    "redis.embedded.server_binary": '"/usr/bin/redis-server"',
+    "supervisor.min_workers": "1",
+    "supervisor.max_workers": "8",
+}
+
+
+def render_example() -> str:
+    """``config/agents-worker.toml``: every setting commented out at its default."""
+    lines = [
+        "# agents-worker settings. Every line is commented out: the values shown are the defaults.",
+        "# Precedence: defaults < this file < AGENTS_WORKER_* environment variables < flags.",
+        "# Reference: docs/configuration.md · effective values: agents-worker config show",
+        "",
+    ]
+    info = msgspec.inspect.type_info(Settings)
+    assert isinstance(info, msgspec.inspect.StructType)
+    docs = _section_docs(info)
+    section = None
+    for spec in iter_fields():
+        current, key = spec.path.rsplit(".", 1)
+        if current != section:
+            section = current
+            lines += [f"[{section}]", f"# {docs[section]}", ""]
+        lines += textwrap.wrap(spec.description, 96, initial_indent="# ", subsequent_indent="# ")
+        if spec.default is None:
+            lines += ["# Unset by default; for example:", f"# {key} = {_EXAMPLES[spec.path]}"]
+        else:
+            lines.append(f"# {key} = {_toml_value(spec.default)}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
