@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -342,3 +343,79 @@ async def test_bad_app_is_one_clear_error(
     assert await run.wait(20) == 1
     assert "Error: cannot import 'tests.nope' for app 'tests.nope:app'" in run.output
     assert "Traceback" not in run.output
+
+
+async def test_health_endpoints(runs: list[Running], redis_url: str, key_prefix: str) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = ["--key-prefix", key_prefix, "--redis-url", redis_url]
+    for item in FAST:
+        argv += ["--set", item]
+    run = Running([*argv, "run", "tests.apps:app", "-w", "2", "--http-port", str(port)])
+    runs.append(run)
+    await run.wait_for(r"worker\.ready slot=", 2)
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    assert get("/healthz") == (200, "ok\n")
+    assert get("/readyz") == (200, "ready\n")
+    assert get("/nope")[0] == 404
+    assert _metric(port, "agents_worker_workers") == 2
+    assert _metric(port, "agents_worker_worker_restarts_total") == 0
+    assert await run.stop() == 0
+
+
+async def test_worker_recycled_above_rss_limit(
+    runs: list[Running], redis_url: str, key_prefix: str
+) -> None:
+    sets = [*FAST, "worker.max_rss_mb=1"]  # every worker is above 1 MiB
+    run = supervise(runs, redis_url, key_prefix, "-w", "1", sets=sets)
+    await run.wait_for("worker.recycled", 2, limit=20)
+    assert "resident memory" in run.output
+    assert run.count("worker.crashed") == 0
+    assert await run.stop() == 0, run.output[-3000:]
+
+
+async def test_second_signal_stops_a_worker_at_once(
+    redis_url: str, keys: Keys, client: redis.asyncio.Redis
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTS_WORKER_")}
+    env |= {
+        "PYTHONPATH": str(ROOT),
+        "AGENTS_WORKER_REDIS_URL": redis_url,
+        "AGENTS_WORKER_REDIS_KEY_PREFIX": keys.prefix,
+        "AGENTS_WORKER_WORKER_SHUTDOWN_GRACE_SECONDS": "60",
+    }
+    worker = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
+        [sys.executable, "-m", "runtime.worker", "--app", "tests.apps:app"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await producer(redis_url, keys, client).enqueue("slow", 30)
+
+        async def started() -> bool:
+            return len(await scratch_list(client, keys, "started")) == 1
+
+        await wait_until(started, what="the slow entry to start")
+        worker.send_signal(signal.SIGTERM)  # drain: would wait up to 60 s
+        await anyio.sleep(0.3)
+        assert worker.poll() is None
+        worker.send_signal(signal.SIGTERM)
+
+        async def exited() -> bool:
+            return worker.poll() is not None
+
+        await wait_until(exited, limit=5, what="the worker to exit at once")
+        assert worker.returncode == 130
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait()

@@ -368,3 +368,17 @@ async def test_published_by_hand_as_documented(
     decoded = msgspec.json.decode(raw, type=Envelope)
     assert decoded.attempt == 0 and decoded.payload == {"order": 17}
     assert b'"v"' not in encode_envelope(decoded)  # defaults are left out on the wire
+
+
+async def test_dead_letter_stream_is_bounded(
+    core: redis.asyncio.Redis, core_url: str, keys: Keys
+) -> None:
+    settings = make_settings(core_url, keys.prefix, **{"streams.dlq_maxlen": "100"})
+    async with core.pipeline(transaction=False) as pipe:
+        for n in range(1000):
+            pipe.xadd(keys.inbox("echo"), {"junk": str(n)})
+        await pipe.execute()
+    async with running_worker(settings, core):
+        await wait_until(lambda: _inbox_empty(core, keys, "echo"), what="an empty inbox")
+    size = await core.xlen(keys.dlq("echo"))
+    assert 100 <= size < 300  # MAXLEN ~ trims whole nodes: about the bound, never unbounded

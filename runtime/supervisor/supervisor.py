@@ -163,7 +163,9 @@ class Supervisor:
                 began = time.monotonic()
                 status, why = await self._run_worker(slot)
                 if self._stopping.is_set() or slot.retiring:
-                    if status != 0:
+                    # one still starting (not READY) held no work of its own yet
+                    starting = not why.startswith("exit status")
+                    if status != 0 and not starting:
                         self._unclean_exits += 1
                         log.warning("worker.unclean_exit", slot=slot.index, status=status)
                     return

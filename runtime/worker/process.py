@@ -79,6 +79,8 @@ async def _serve(app_spec: str, settings: Settings, consumer: str, channel: Text
 
 async def _watch_signals(worker: Worker) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        if _early_signal:
+            worker.stop(f"signal {signal.Signals(_early_signal[0]).name} during start-up")
         async for signum in signals:
             if worker.stop_reason is None:
                 worker.stop(f"signal {signal.Signals(signum).name}")
@@ -87,7 +89,18 @@ async def _watch_signals(worker: Worker) -> None:
                 os._exit(EXIT_INTERRUPTED)
 
 
+_early_signal: list[int] = []
+
+
+def _remember_signal(signum: int, frame: object) -> None:
+    """A signal before the graceful handler is installed: acted on as soon as it is."""
+    _early_signal.append(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # replaced by the graceful handler once the worker runs (_watch_signals)
+    signal.signal(signal.SIGTERM, _remember_signal)
+    signal.signal(signal.SIGINT, _remember_signal)
     parser = argparse.ArgumentParser(prog="python -m runtime.worker")
     parser.add_argument("--app", required=True, help="module:object of the App")
     parser.add_argument("--slot", type=int, default=0)
