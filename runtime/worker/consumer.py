@@ -6,8 +6,7 @@ Delivery contract (docs/delivery.md):
 - while it runs, its lease is renewed (XCLAIM … JUSTID every lease/3), so a slow handler is
   never reclaimed; a worker that dies stops renewing, and a timer-driven reclaimer elsewhere
   takes the entry after one lease (XAUTOCLAIM, cursor walked through the whole pending list);
-- it is acked and deleted only after its outcome is written: success (ack + delete in one
-  MULTI), a retry (moved to the delayed set atomically) or a dead letter (copied atomically);
+- it is acked and deleted only after its outcome is written (:mod:`runtime.worker.outcome`);
 - above ``max_deliveries`` tries it is dead-lettered with its reason and last error;
 - on shutdown, reading stops, in-flight handlers get the grace period, and what is left is
   released (made claimable at once, the cancelled try not counted).
@@ -30,12 +29,13 @@ import redis.exceptions
 from anyio.abc import TaskStatus
 
 from runtime.app import App, Handler, TaskContext
-from runtime.envelope import Envelope, MalformedEntry, decode_entry, encode_envelope
+from runtime.envelope import Envelope, MalformedEntry, decode_entry
 from runtime.errors import PermanentError, RetryLater
 from runtime.keys import Keys
 from runtime.log import get_logger
 from runtime.scripts import Scripts
 from runtime.settings.model import Settings
+from runtime.worker.outcome import Entry, Outcomes, WorkerStats
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -44,29 +44,6 @@ log = get_logger(__name__)
 _MAX_ERROR = 2000
 _CLEANUP_EVERY = 60.0
 _RENEW_BATCH = 500
-
-
-@dataclass
-class WorkerStats:
-    """Counters of one worker process."""
-
-    handled: int = 0
-    succeeded: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    reclaimed: int = 0
-    released: int = 0
-    lost_leases: int = 0
-
-
-@dataclass
-class _Entry:
-    stream: bytes
-    entry_id: bytes
-    fields: dict[bytes, bytes]
-    deliveries: int
-    scope: anyio.CancelScope | None = None
-    lost: bool = False
 
 
 @dataclass
@@ -110,16 +87,21 @@ class Worker:
         self._lease_ms = int(self._cfg.lease_seconds * 1000)
         self._scripts = Scripts.register(client)
         self._intake = _Intake({self.keys.inbox(t).encode(): t for t in app.targets})
-        self._inflight: dict[tuple[bytes, bytes], _Entry] = {}
-        self._acks: dict[bytes, list[bytes]] = {}
-        self._ack_wanted = anyio.Event()
+        self._inflight: dict[tuple[bytes, bytes], Entry] = {}
+        self._outcomes = Outcomes(
+            client,
+            settings,
+            keys=self.keys,
+            consumer=consumer,
+            targets=self._intake.targets,
+            stats=self.stats,
+        )
         self._slot_freed: anyio.Event | None = None
-        self._retry_scheduled = anyio.Event()
         self._stopping = anyio.Event()
         self._on_recycle = on_recycle
         # Entries read but not started; idle handler loops wait on _work. One Event per batch,
         # not per entry: this hand-off is the hot path.
-        self._queue: deque[_Entry] = deque()
+        self._queue: deque[Entry] = deque()
         self._work = anyio.Event()
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -138,7 +120,7 @@ class Worker:
         """Serve until stopped, then drain within the grace period and release the rest."""
         await self._ensure_groups()
         async with anyio.create_task_group() as services:
-            services.start_soon(self._ack_loop)
+            services.start_soon(self._outcomes.ack_loop)
             services.start_soon(self._renew_loop)
             async with anyio.create_task_group() as handlers:
                 for _ in range(self._cfg.concurrency):
@@ -160,7 +142,8 @@ class Worker:
                     intake.cancel_scope.cancel()
                 await self._drain(handlers.cancel_scope)
             with anyio.CancelScope(shield=True):
-                await self._release_remaining()
+                await self._outcomes.release_all()
+                self._inflight.clear()
             services.cancel_scope.cancel()
         log.info("worker.stopped", consumer=self.consumer, **vars(self.stats))
 
@@ -225,7 +208,7 @@ class Worker:
                     self._admit(stream, entry_id, fields, 1)
 
     def _admit(self, stream: bytes, entry_id: bytes, fields: dict[bytes, bytes], n: int) -> None:
-        entry = _Entry(stream, entry_id, fields, n)
+        entry = Entry(stream, entry_id, fields, n)
         self._inflight[(stream, entry_id)] = entry
         self._queue.append(entry)
         self._work.set()
@@ -235,7 +218,7 @@ class Worker:
             self._slot_freed = anyio.Event()
         await self._slot_freed.wait()
 
-    def _done(self, entry: _Entry) -> None:
+    def _done(self, entry: Entry) -> None:
         self._inflight.pop((entry.stream, entry.entry_id), None)
         if self._slot_freed is not None:  # only when someone waits: no Event per entry
             self._slot_freed.set()
@@ -291,8 +274,8 @@ class Worker:
                 elif next_score is not None:
                     soonest = min(soonest, max(0.0, float(next_score) / 1000 - time.time()))
             with anyio.move_on_after(soonest):
-                await self._retry_scheduled.wait()
-                self._retry_scheduled = anyio.Event()
+                await self._outcomes.retry_scheduled.wait()
+                self._outcomes.retry_scheduled = anyio.Event()
 
     async def _cleanup_loop(self) -> None:
         idle_ms = max(10 * self._lease_ms, 60_000)
@@ -338,7 +321,7 @@ class Worker:
             # a cancellation (shutdown) skips this: the entry stays in flight to be released
             self._done(entry)
 
-    async def _handle(self, entry: _Entry) -> None:
+    async def _handle(self, entry: Entry) -> None:
         target = self._intake.targets[entry.stream]
         try:
             envelope = decode_entry(entry.fields, max_bytes=self.settings.streams.max_entry_bytes)
@@ -372,8 +355,34 @@ class Worker:
         await self._run(entry, envelope, handler, payload, tries)
 
     async def _run(
-        self, entry: _Entry, envelope: Envelope, handler: Handler, payload: Any, tries: int
+        self, entry: Entry, envelope: Envelope, handler: Handler, payload: Any, tries: int
     ) -> None:
+        timeout = handler.timeout or self._cfg.task_timeout_seconds
+        if envelope.deadline is not None:
+            timeout = min(timeout, max(0.0, envelope.deadline - time.time()))
+        self.stats.handled += 1
+        try:
+            await self._invoke(entry, envelope, handler, payload, limit=timeout)
+        except _TimedOut as exc:
+            await self._failed(entry, envelope, tries, str(exc), None)
+        except PermanentError as exc:
+            await self._dead_letter(entry, envelope, "permanent failure", _describe(exc))
+        except RetryLater as exc:
+            await self._failed(entry, envelope, tries, _describe(exc), exc.delay)
+        except Exception as exc:
+            log.warning("task.failed", target=envelope.target, task=envelope.id, error=repr(exc))
+            await self._failed(entry, envelope, tries, _describe(exc), None)
+        else:
+            if not entry.lost:  # a lost lease: the entry is not ours to settle
+                self.stats.succeeded += 1
+                self._outcomes.ack(entry)
+        finally:
+            self._maybe_recycle()
+
+    async def _invoke(
+        self, entry: Entry, envelope: Envelope, handler: Handler, payload: Any, *, limit: float
+    ) -> None:
+        """Call the handler; raise :class:`_TimedOut` when it runs past *limit* seconds."""
         ctx = TaskContext(
             task_id=envelope.id,
             target=envelope.target,
@@ -388,45 +397,18 @@ class Worker:
             redis=self.client,
             keys=self.keys,
         )
-        timeout = handler.timeout or self._cfg.task_timeout_seconds
-        if envelope.deadline is not None:
-            timeout = min(timeout, max(0.0, envelope.deadline - time.time()))
-        self.stats.handled += 1
         # One cancel scope serves as the timeout and as the handle to cancel on a lost lease.
-        scope = entry.scope = anyio.CancelScope(deadline=anyio.current_time() + timeout)
-        try:
-            with scope:
-                if handler.is_async:
-                    await handler.fn(ctx, payload)
-                else:
-                    await anyio.to_thread.run_sync(handler.fn, ctx, payload, abandon_on_cancel=True)
-            if scope.cancelled_caught and not entry.lost:
-                raise _TimedOut(f"timed out after {timeout:g} s")
-        except _TimedOut as exc:
-            await self._failed(entry, envelope, tries, str(exc), None)
-        except PermanentError as exc:
-            await self._dead_letter(entry, envelope, "permanent failure", _describe(exc))
-        except RetryLater as exc:
-            await self._failed(entry, envelope, tries, _describe(exc), exc.delay)
-        except Exception as exc:
-            log.warning("task.failed", target=envelope.target, task=envelope.id, error=repr(exc))
-            await self._failed(entry, envelope, tries, _describe(exc), None)
-        else:
-            if scope.cancelled_caught:
-                return  # the lease was lost: the entry is not ours to settle
-            self.stats.succeeded += 1
-            self._ack(entry)
-        finally:
-            self._maybe_recycle()
-
-    def _ack(self, entry: _Entry) -> None:
-        if entry.lost:
-            return
-        self._acks.setdefault(entry.stream, []).append(entry.entry_id)
-        self._ack_wanted.set()
+        scope = entry.scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
+        with scope:
+            if handler.is_async:
+                await handler.fn(ctx, payload)
+            else:
+                await anyio.to_thread.run_sync(handler.fn, ctx, payload, abandon_on_cancel=True)
+        if scope.cancelled_caught and not entry.lost:
+            raise _TimedOut(f"timed out after {limit:g} s")
 
     async def _failed(
-        self, entry: _Entry, envelope: Envelope, tries: int, error: str, delay: float | None
+        self, entry: Entry, envelope: Envelope, tries: int, error: str, delay: float | None
     ) -> None:
         if entry.lost:
             return
@@ -434,66 +416,22 @@ class Worker:
             await self._dead_letter(entry, envelope, f"failed {tries} times", error)
             return
         if delay is None:
+            cfg = self._cfg
             delay = _backoff(
-                envelope.attempt,
-                self._cfg.retry_backoff_seconds,
-                self._cfg.retry_backoff_max_seconds,
+                envelope.attempt, cfg.retry_backoff_seconds, cfg.retry_backoff_max_seconds
             )
-        retry = msgspec.structs.replace(envelope, attempt=envelope.attempt + 1, last_error=error)
-        run_at_ms = int((time.time() + delay) * 1000)
-        settled = await self._scripts.retry(
-            keys=[entry.stream, self.keys.delayed(envelope.target)],
-            args=[self._group, entry.entry_id, self.consumer, run_at_ms, encode_envelope(retry)],
-        )
-        if settled:
-            self.stats.retried += 1
-            self._retry_scheduled.set()
-        else:
+        if not await self._outcomes.retry(entry, envelope, error, delay):
             self._lease_lost(entry)
 
     async def _dead_letter(
-        self, entry: _Entry, envelope: Envelope | None, reason: str, error: str | None = None
+        self, entry: Entry, envelope: Envelope | None, reason: str, error: str | None = None
     ) -> None:
         if entry.lost:
             return
-        target = self._intake.targets[entry.stream]
-        record: dict[str, Any] = {
-            "reason": reason,
-            "error": error or "",
-            "target": target,
-            "task_id": envelope.id if envelope else "",
-            "entry_id": entry.entry_id,
-            "deliveries": entry.deliveries,
-            "attempts": (envelope.attempt if envelope else 0) + entry.deliveries,
-            "consumer": self.consumer,
-            "failed_at": f"{time.time():.3f}",
-        }
-        for raw_name, value in entry.fields.items():
-            record.setdefault(raw_name.decode(errors="replace"), value)
-        args: list[Any] = [
-            self._group,
-            entry.entry_id,
-            self.consumer,
-            self.settings.streams.dlq_maxlen,
-        ]
-        for name, value in record.items():
-            args += [name, value]
-        settled = await self._scripts.dead_letter(
-            keys=[entry.stream, self.keys.dlq(target)], args=args
-        )
-        if settled:
-            self.stats.dead_lettered += 1
-            log.warning(
-                "task.dead_lettered",
-                target=target,
-                entry=entry.entry_id.decode(),
-                reason=reason,
-                error=error,
-            )
-        else:
+        if not await self._outcomes.dead_letter(entry, envelope, reason, error):
             self._lease_lost(entry)
 
-    def _lease_lost(self, entry: _Entry) -> None:
+    def _lease_lost(self, entry: Entry) -> None:
         entry.lost = True
         self.stats.lost_leases += 1
         log.warning("lease.lost", stream=entry.stream.decode(), entry=entry.entry_id.decode())
@@ -542,57 +480,6 @@ class Worker:
             rss = _rss_mb()
             if rss > limit:
                 self._recycle(f"resident memory {rss:.0f} MiB over worker.max_rss_mb = {limit}")
-
-    async def _ack_loop(self) -> None:
-        while True:
-            await self._ack_wanted.wait()
-            self._ack_wanted = anyio.Event()
-            try:
-                await self._flush_acks()
-            except redis.exceptions.RedisError as exc:
-                log.warning("ack.failed", error=str(exc))
-                self._ack_wanted.set()
-                await anyio.sleep(0.5)
-
-    async def _flush_acks(self) -> None:
-        if not self._acks:
-            return
-        acks, self._acks = self._acks, {}
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                for stream, ids in acks.items():
-                    pipe.xack(stream, self._group, *ids)
-                    pipe.xdel(stream, *ids)
-                await pipe.execute()
-        except BaseException:
-            for stream, ids in acks.items():  # keep them for the next flush
-                self._acks.setdefault(stream, []).extend(ids)
-            raise
-
-    async def _release_remaining(self) -> None:
-        """Make everything still pending for us claimable by other workers at once.
-
-        Reads our pending list rather than our in-memory view, so entries delivered by a read
-        that shutdown interrupted are released too. Acks are flushed first.
-        """
-        try:
-            await self._flush_acks()
-            for stream in self._intake.targets:
-                pending: Any = await self.client.xpending_range(
-                    stream, self._group, min="-", max="+", count=100_000,
-                    consumername=self.consumer,
-                )  # fmt: skip
-                if not pending:
-                    continue
-                args: list[Any] = [self._group, self.consumer, self._lease_ms]
-                for item in pending:
-                    args += [item["message_id"], max(0, item["times_delivered"] - 1)]
-                released = int(await self._scripts.release(keys=[stream], args=args))
-                self.stats.released += released
-                log.info("worker.released", stream=stream.decode(), entries=released)
-        except redis.exceptions.RedisError as exc:
-            log.warning("release.failed", error=str(exc))
-        self._inflight.clear()
 
 
 class _TimedOut(Exception):
