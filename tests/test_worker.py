@@ -382,3 +382,17 @@ async def test_dead_letter_stream_is_bounded(
         await wait_until(lambda: _inbox_empty(core, keys, "echo"), what="an empty inbox")
     size = await core.xlen(keys.dlq("echo"))
     assert 100 <= size < 300  # MAXLEN ~ trims whole nodes: about the bound, never unbounded
+
+
+async def test_handler_timeout_is_a_retryable_failure(
+    core: redis.asyncio.Redis, core_url: str, keys: Keys
+) -> None:
+    settings = make_settings(core_url, keys.prefix, **{"worker.task_timeout_seconds": "0.2"})
+    sent = await Producer(core, keys=keys, settings=settings).enqueue("slow", 5)
+    letters = DeadLetters(core, keys=keys)
+    async with running_worker(settings, core):
+        await wait_until(lambda: _size(letters, "slow", 1), what="the timed-out entry")
+    [letter] = await letters.read("slow")
+    assert letter.reason == "failed 3 times" and letter.error == "timed out after 0.2 s"
+    assert await scratch_list(core, keys, "started") == [sent.task_id] * 3
+    assert await scratch_list(core, keys, "effects") == []
