@@ -224,3 +224,8 @@ def test_settings_are_frozen(clean_env: Path) -> None:
     settings = load_settings(env={})
     with pytest.raises(AttributeError):
         settings.worker.concurrency = 3  # type: ignore[misc]
+
+
+def test_block_must_be_shorter_than_socket_timeout(clean_env: Path) -> None:
+    with pytest.raises(ConfigError, match=r"worker\.block_ms \(6000\) must be shorter"):
+        load_settings(env={"AGENTS_WORKER_WORKER_BLOCK_MS": "6000"})

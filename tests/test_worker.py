@@ -396,3 +396,35 @@ async def test_handler_timeout_is_a_retryable_failure(
     assert letter.reason == "failed 3 times" and letter.error == "timed out after 0.2 s"
     assert await scratch_list(core, keys, "started") == [sent.task_id] * 3
     assert await scratch_list(core, keys, "effects") == []
+
+
+async def test_worker_rides_out_a_redis_restart(tmp_path: Path, key_prefix: str) -> None:
+    """Redis goes away for a second (with its AOF): the worker waits, then goes on."""
+    import socket
+
+    from runtime import EmbeddedRedis
+    from tests.conftest import embedded_settings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = EmbeddedRedis(embedded_settings(tmp_path, port=port))
+    url = server.start().url
+    keys = Keys(key_prefix)
+    client = redis.asyncio.Redis.from_url(url)
+    settings = make_settings(url, key_prefix)
+    producer = Producer(client, keys=keys, settings=settings)
+    try:
+        async with running_worker(settings, client) as worker:
+            first = await producer.enqueue("echo", 1)
+            await wait_until(lambda: _count(client, keys, "effects", 1), what="the first run")
+            await anyio.to_thread.run_sync(server.stop)
+            await anyio.sleep(1.0)
+            await anyio.to_thread.run_sync(server.start)
+            second = await producer.enqueue("echo", 2)
+            await wait_until(lambda: _count(client, keys, "effects", 2), limit=15, what="after")
+            assert worker.stop_reason is None  # it never gave up
+        assert await scratch_list(client, keys, "effects") == [first.task_id, second.task_id]
+    finally:
+        await client.aclose()
+        server.stop()

@@ -268,6 +268,12 @@ def _check_semantics(settings: Settings, sources: Mapping[str, str]) -> None:
         problem = url_problem(url)
         if problem:
             raise ConfigError(f"{sources['redis.url']}: redis.url: {problem}")
+    if settings.worker.block_ms >= settings.redis.socket_timeout * 1000:
+        raise ConfigError(
+            f"{sources['worker.block_ms']}: worker.block_ms ({settings.worker.block_ms}) must be "
+            f"shorter than redis.socket_timeout ({settings.redis.socket_timeout:g} s), or every "
+            "idle read would time out"
+        )
     try:
         validate_prefix(settings.redis.key_prefix)
     except ValueError as exc:

@@ -18,7 +18,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ log = get_logger(__name__)
 _MAX_ERROR = 2000
 _CLEANUP_EVERY = 60.0
 _RENEW_BATCH = 500
+_MAX_RECONNECT_DELAY = 5.0
 
 
 @dataclass
@@ -121,16 +122,16 @@ class Worker:
         await self._ensure_groups()
         async with anyio.create_task_group() as services:
             services.start_soon(self._outcomes.ack_loop)
-            services.start_soon(self._renew_loop)
+            services.start_soon(self._forever, "renew", self._renew_leases)
             async with anyio.create_task_group() as handlers:
                 for _ in range(self._cfg.concurrency):
                     handlers.start_soon(self._handler_loop)
                 async with anyio.create_task_group() as intake:
                     await self._recover_own()
-                    intake.start_soon(self._read_loop)
-                    intake.start_soon(self._reclaim_loop)
-                    intake.start_soon(self._due_loop)
-                    intake.start_soon(self._cleanup_loop)
+                    intake.start_soon(self._forever, "read", self._read)
+                    intake.start_soon(self._forever, "reclaim", self._reclaim_all)
+                    intake.start_soon(self._forever, "move_due", self._move_due)
+                    intake.start_soon(self._forever, "cleanup", self._cleanup)
                     log.info(
                         "worker.ready",
                         consumer=self.consumer,
@@ -185,27 +186,45 @@ class Worker:
                     self._admit(stream, entry_id, fields, counts[entry_id] + 1)
             log.info("worker.recovered_own", stream=stream.decode(), entries=len(claimed))
 
-    async def _read_loop(self) -> None:
+    async def _read(self) -> None:
+        """Read as many new entries as there are free slots (waiting for one if none is)."""
+        free = self.free_slots
+        if free <= 0:
+            await self._wait_slot()
+            return
         streams = list(self._intake.targets)
+        count = max(1, free // len(streams))
+        # rotate which stream comes first, so no inbox starves another
+        self._intake.order = (self._intake.order + 1) % len(streams)
+        ordered = streams[self._intake.order :] + streams[: self._intake.order]
+        reply = await self.client.xreadgroup(
+            self._group,
+            self.consumer,
+            dict.fromkeys(ordered, ">"),
+            count=count,
+            block=self._cfg.block_ms,
+        )
+        for stream, entries in _stream_items(reply):
+            for entry_id, fields in entries:
+                self._admit(stream, entry_id, fields, 1)
+
+    async def _forever(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Run *step* again and again; ride out Redis being away instead of dying."""
+        failures = 0
         while True:
-            free = self.free_slots
-            if free <= 0:
-                await self._wait_slot()
-                continue
-            count = max(1, free // len(streams))
-            # rotate which stream comes first, so no inbox starves another
-            self._intake.order = (self._intake.order + 1) % len(streams)
-            ordered = streams[self._intake.order :] + streams[: self._intake.order]
-            reply = await self.client.xreadgroup(
-                self._group,
-                self.consumer,
-                dict.fromkeys(ordered, ">"),
-                count=count,
-                block=self._cfg.block_ms,
-            )
-            for stream, entries in _stream_items(reply):
-                for entry_id, fields in entries:
-                    self._admit(stream, entry_id, fields, 1)
+            try:
+                await step()
+                failures = 0
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                failures += 1
+                delay = min(_MAX_RECONNECT_DELAY, 0.1 * 2**failures)
+                log.warning("redis.unavailable", loop=name, error=str(exc), retry_in=delay)
+                await anyio.sleep(delay)
+            except redis.exceptions.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("group.recreated", loop=name, error=str(exc))
+                await self._ensure_groups()  # the stream was deleted under us
 
     def _admit(self, stream: bytes, entry_id: bytes, fields: dict[bytes, bytes], n: int) -> None:
         entry = Entry(stream, entry_id, fields, n)
@@ -224,12 +243,11 @@ class Worker:
             self._slot_freed.set()
             self._slot_freed = None
 
-    async def _reclaim_loop(self) -> None:
-        """Claim entries whose lease expired, on a timer (an idle queue recovers too)."""
-        while True:
-            for stream in self._intake.targets:
-                await self._reclaim(stream)
-            await anyio.sleep(self._cfg.reclaim_interval_seconds)
+    async def _reclaim_all(self) -> None:
+        """Claim entries whose lease expired; runs on a timer, so an idle queue recovers too."""
+        for stream in self._intake.targets:
+            await self._reclaim(stream)
+        await anyio.sleep(self._cfg.reclaim_interval_seconds)
 
     async def _reclaim(self, stream: bytes) -> None:
         while self.free_slots > 0:
@@ -260,28 +278,25 @@ class Worker:
             replies = await pipe.execute()
         return {r[0]["message_id"]: r[0]["times_delivered"] for r in replies if r}
 
-    async def _due_loop(self) -> None:
-        """Move due retries and delayed entries into the inboxes."""
-        while True:
-            soonest = 1.0
-            now_ms = int(time.time() * 1000)
-            for stream, target in self._intake.targets.items():
-                moved, next_score = await self._scripts.move_due(
-                    keys=[self.keys.delayed(target), stream], args=[now_ms, 500]
-                )
-                if moved >= 500:
-                    soonest = 0.0
-                elif next_score is not None:
-                    soonest = min(soonest, max(0.0, float(next_score) / 1000 - time.time()))
-            with anyio.move_on_after(soonest):
-                await self._outcomes.retry_scheduled.wait()
-                self._outcomes.retry_scheduled = anyio.Event()
+    async def _move_due(self) -> None:
+        """Move due retries and delayed entries into the inboxes, then wait for the next."""
+        soonest = 1.0
+        now_ms = int(time.time() * 1000)
+        for stream, target in self._intake.targets.items():
+            moved, next_score = await self._scripts.move_due(
+                keys=[self.keys.delayed(target), stream], args=[now_ms, 500]
+            )
+            if moved >= 500:
+                soonest = 0.0
+            elif next_score is not None:
+                soonest = min(soonest, max(0.0, float(next_score) / 1000 - time.time()))
+        with anyio.move_on_after(soonest):
+            await self._outcomes.retry_scheduled.wait()
+            self._outcomes.retry_scheduled = anyio.Event()
 
-    async def _cleanup_loop(self) -> None:
-        idle_ms = max(10 * self._lease_ms, 60_000)
-        while True:
-            await anyio.sleep(_CLEANUP_EVERY)
-            await self.remove_dead_consumers(idle_ms)
+    async def _cleanup(self) -> None:
+        await anyio.sleep(_CLEANUP_EVERY)
+        await self.remove_dead_consumers(max(10 * self._lease_ms, 60_000))
 
     async def remove_dead_consumers(self, min_idle_ms: int) -> list[str]:
         """Delete consumers idle for *min_idle_ms* that own no pending entry; return their names.
@@ -449,12 +464,10 @@ class Worker:
         self.stop(f"recycle: {reason}")
 
     # --- leases and acks ----------------------------------------------------------------
-    async def _renew_loop(self) -> None:
-        interval = self._cfg.lease_seconds / 3
-        while True:
-            await anyio.sleep(interval)
-            await self._renew()
-            self._check_memory()
+    async def _renew_leases(self) -> None:
+        await anyio.sleep(self._cfg.lease_seconds / 3)
+        await self._renew()
+        self._check_memory()
 
     async def _renew(self) -> None:
         by_stream: dict[bytes, list[bytes]] = {}
