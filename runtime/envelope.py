@@ -9,8 +9,8 @@ add some. ``docs/wire-format.md`` documents every field.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import Any
 
 import msgspec
@@ -65,8 +65,8 @@ class MalformedEntry(Exception):
 
 
 def new_task_id() -> str:
-    """A fresh task id (32 hex characters)."""
-    return uuid.uuid4().hex
+    """A fresh task id: 32 random hex characters (as random as a UUID4, cheaper to make)."""
+    return os.urandom(16).hex()
 
 
 _encoder = msgspec.json.Encoder()

@@ -54,6 +54,9 @@ class _Intake:
     targets: dict[bytes, str]
     cursors: dict[bytes, bytes] = field(default_factory=dict)
     order: int = 0
+    hot: list[bytes] = field(default_factory=list)
+    """Streams that returned entries on the last read."""
+    reads: int = 0
 
 
 class Worker:
@@ -100,10 +103,10 @@ class Worker:
         self._slot_freed: anyio.Event | None = None
         self._stopping = anyio.Event()
         self._on_recycle = on_recycle
-        # Entries read but not started; idle handler loops wait on _work. One Event per batch,
-        # not per entry: this hand-off is the hot path.
+        # Entries read but not started, and the idle handler loops waiting for one: each new
+        # entry wakes one loop, not all of them (this hand-off is the hot path).
         self._queue: deque[Entry] = deque()
-        self._work = anyio.Event()
+        self._idle: deque[anyio.Event] = deque()
 
     # --- lifecycle ----------------------------------------------------------------------
     def stop(self, reason: str = "stop requested") -> None:
@@ -187,26 +190,45 @@ class Worker:
             log.info("worker.recovered_own", stream=stream.decode(), entries=len(claimed))
 
     async def _read(self) -> None:
-        """Read as many new entries as there are free slots (waiting for one if none is)."""
+        """Read as many new entries as there are free slots (waiting for one if none is).
+
+        XREADGROUP's COUNT applies to each stream, so a read over n inboxes asks each for
+        free/n. To keep one busy inbox among idle ones from being read in small bites, the
+        inboxes that had entries last time are read alone first, without blocking, sharing all
+        free slots; every inbox is read (blocking) when they come back short, and every 8th
+        read for fairness.
+        """
         free = self.free_slots
         if free <= 0:
             await self._wait_slot()
             return
-        streams = list(self._intake.targets)
-        count = max(1, free // len(streams))
+        intake = self._intake
+        intake.reads += 1
+        streams = list(intake.targets)
+        hot = intake.hot
+        if hot and len(hot) < len(streams) and intake.reads % 8:
+            count = max(1, free // len(hot))
+            got = await self._read_from(hot, count, block=None)
+            if sum(got.values()) >= count:
+                return
         # rotate which stream comes first, so no inbox starves another
-        self._intake.order = (self._intake.order + 1) % len(streams)
-        ordered = streams[self._intake.order :] + streams[: self._intake.order]
+        intake.order = (intake.order + 1) % len(streams)
+        ordered = streams[intake.order :] + streams[: intake.order]
+        got = await self._read_from(ordered, max(1, free // len(streams)), self._cfg.block_ms)
+        intake.hot = [stream for stream, n in got.items() if n]
+
+    async def _read_from(
+        self, streams: list[bytes], count: int, block: int | None
+    ) -> dict[bytes, int]:
         reply = await self.client.xreadgroup(
-            self._group,
-            self.consumer,
-            dict.fromkeys(ordered, ">"),
-            count=count,
-            block=self._cfg.block_ms,
+            self._group, self.consumer, dict.fromkeys(streams, ">"), count=count, block=block
         )
+        got: dict[bytes, int] = {}
         for stream, entries in _stream_items(reply):
             for entry_id, fields in entries:
                 self._admit(stream, entry_id, fields, 1)
+            got[stream] = len(entries)
+        return got
 
     async def _forever(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
         """Run *step* again and again; ride out Redis being away instead of dying."""
@@ -230,7 +252,8 @@ class Worker:
         entry = Entry(stream, entry_id, fields, n)
         self._inflight[(stream, entry_id)] = entry
         self._queue.append(entry)
-        self._work.set()
+        if self._idle:
+            self._idle.popleft().set()
 
     async def _wait_slot(self) -> None:
         if self._slot_freed is None:
@@ -322,9 +345,9 @@ class Worker:
         while True:
             if not self._queue or self._stopping.is_set():
                 # not started before shutdown: left in flight, released with the rest
-                if self._work.is_set():
-                    self._work = anyio.Event()
-                await self._work.wait()
+                wake = anyio.Event()
+                self._idle.append(wake)
+                await wake.wait()
                 continue
             entry = self._queue.popleft()
             try:
