@@ -13,8 +13,9 @@ lint:  ## ruff and mypy only
 format:  ## apply ruff's fixes and formatting
 	@scripts/bootstrap && .venv/bin/ruff check --fix . && .venv/bin/ruff format .
 
-bench:  ## run the benchmarks (see benchmarks/RESULTS.md)
-	@scripts/bootstrap && .venv/bin/python -m benchmarks.startup
+bench:  ## run the side-by-side benchmarks (see benchmarks/RESULTS.md)
+	@scripts/bench
+	@.venv-bench/bin/python -m benchmarks.startup
 
 docs:  ## regenerate docs/configuration.md and config/agents-worker.toml from the settings model
 	@scripts/bootstrap && .venv/bin/agents-worker config docs > docs/configuration.md && \

@@ -228,6 +228,9 @@ class Worker:
             for entry_id, fields in entries:
                 self._admit(stream, entry_id, fields, 1)
             got[stream] = len(entries)
+        if got:
+            # let the woken handlers start before the next read is sent (latency)
+            await anyio.lowlevel.checkpoint()
         return got
 
     async def _forever(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
