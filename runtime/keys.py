@@ -17,6 +17,9 @@ key                                         type    lifetime
 ``aw:{session:<id>}``                       hash    TTL = session TTL when set
 ``aw:{session:<id>}:items``                 list    TTL = session TTL when set
 ``aw:{session:<id>}:lease``                 string  TTL = lease, renewed while a run holds it
+``aw:{session:<id>}:doc``                   JSON    the RedisJSON session; TTL when set
+``aw:{session:<id>}:turns``                 hash    run order of the conversation (seq, next)
+``aw:{coord:<name>}:<event type>``          stream  coordination events, MAXLEN ~
 ``aw:events``                               stream  lifecycle events, MAXLEN ~
 ``aw:traces``                               stream  trace spans, MAXLEN ~
 ==========================================  ======  ==========================================
@@ -135,6 +138,20 @@ class Keys:
     def session_lease(self, session_id: str) -> str:
         """Held by the one run that may use the conversation now."""
         return self.session(session_id) + ":lease"
+
+    def session_doc(self, session_id: str) -> str:
+        """The RedisJSON document of a :class:`~runtime.sessions.JSONSession`."""
+        return self.session(session_id) + ":doc"
+
+    def session_turns(self, session_id: str) -> str:
+        """Submit order of the conversation's runs: who runs next (one run at a time)."""
+        return self.session(session_id) + ":turns"
+
+    # --- coordination -------------------------------------------------------------------
+    def coordination(self, stream_name: str, event_type: str) -> str:
+        """One event type of a coordination stream; the types of one stream share a slot."""
+        validate_name("coordination stream", stream_name)
+        return f"{self.prefix}:{{coord:{stream_name}}}:{validate_name('event type', event_type)}"
 
     # --- observability ------------------------------------------------------------------
     def events(self) -> str:
