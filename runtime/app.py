@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 
@@ -28,9 +28,11 @@ from runtime.keys import validate_name
 if TYPE_CHECKING:
     import redis.asyncio
 
+    from runtime.envelope import Envelope
     from runtime.keys import Keys
+    from runtime.settings.model import Settings
 
-__all__ = ["App", "Handler", "TaskContext", "load_app"]
+__all__ = ["App", "DeadLetterContext", "Handler", "TaskContext", "load_app"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,6 +55,19 @@ class TaskContext:
     consumer: str
     redis: redis.asyncio.Redis
     keys: Keys
+    settings: Settings
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterContext:
+    """What an ``on_dead_letter`` hook learns about an entry that was just dead-lettered."""
+
+    envelope: Envelope
+    reason: str
+    error: str | None
+    redis: redis.asyncio.Redis
+    keys: Keys
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,8 @@ class Handler:
     timeout: float | None = None
     payload_type: Any = Any
     is_async: bool = True
+    on_dead_letter: Callable[[DeadLetterContext], Awaitable[None]] | None = None
+    """Called (best effort) after an entry of this target was dead-lettered."""
 
 
 @dataclass
@@ -83,7 +100,12 @@ class App:
         return register
 
     def add_handler(
-        self, name: str, fn: Callable[..., Any], *, timeout: float | None = None
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        timeout: float | None = None,
+        on_dead_letter: Callable[[DeadLetterContext], Awaitable[None]] | None = None,
     ) -> None:
         """Register *fn* as the handler of target *name*."""
         validate_name("target", name)
@@ -106,6 +128,7 @@ class App:
             timeout=timeout,
             payload_type=hints.get(params[1].name, Any),
             is_async=inspect.iscoroutinefunction(fn),
+            on_dead_letter=on_dead_letter,
         )
 
     @property

@@ -20,7 +20,8 @@ application can catch the whole family with one clause::
     ├── SupervisorError         the supervisor gave up (crash loop, workers never ready)
     └── TaskFailure             raised by a handler to steer what happens to its entry
         ├── PermanentError          do not retry: dead-letter the entry now
-        └── RetryLater              retry after ``delay`` seconds (counts as an attempt)
+        ├── RetryLater              retry after ``delay`` seconds (counts as an attempt)
+        └── Defer                   not now: run it again after ``delay`` (not an attempt)
 
 ``redis.exceptions.*`` never escape the runtime: :func:`runtime.redis.translate_errors`
 turns them into the branch above, with the original chained as ``__cause__``.
@@ -32,6 +33,7 @@ __all__ = [
     "AgentsWorkerError",
     "AppError",
     "ConfigError",
+    "Defer",
     "EmbeddedRedisError",
     "EmbeddedRedisNotInstalled",
     "EnqueueError",
@@ -134,5 +136,16 @@ class RetryLater(TaskFailure):
     """Try the entry again after *delay* seconds (or the backoff when ``None``)."""
 
     def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class Defer(TaskFailure):
+    """The entry cannot run yet (e.g. its conversation is busy): put it back for *delay* s.
+
+    Unlike :class:`RetryLater` this is not a failure: no attempt is counted.
+    """
+
+    def __init__(self, message: str = "deferred", *, delay: float = 0.1) -> None:
         super().__init__(message)
         self.delay = delay

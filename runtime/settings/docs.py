@@ -113,6 +113,9 @@ _EXAMPLES = {
     "redis.embedded.server_binary": '"/usr/bin/redis-server"',
     "supervisor.min_workers": "1",
     "supervisor.max_workers": "8",
+    "runs.session_ttl_seconds": "604800",
+    "models.base_url": '"http://localhost:11434/v1"',
+    "models.api_key": '"change-me"',
 }
 
 

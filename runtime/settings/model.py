@@ -15,8 +15,10 @@ from runtime.redaction import redact_url
 
 __all__ = [
     "EmbeddedRedisSettings",
+    "ModelSettingsSection",
     "ObservabilitySettings",
     "RedisSettings",
+    "RunSettings",
     "Settings",
     "StreamSettings",
     "SupervisorSettings",
@@ -287,6 +289,81 @@ class StreamSettings(Section, frozen=True, kw_only=True):
     ] = 86_400.0
 
 
+class ModelSettingsSection(Section, frozen=True, kw_only=True):
+    """Which model the agents use (agents that set their own model keep it)."""
+
+    provider: Annotated[
+        Literal["auto", "openai", "compatible", "litellm", "demo"],
+        Meta(
+            description="`auto`: an OpenAI-compatible server when `base_url` is set, OpenAI "
+            "when `OPENAI_API_KEY` is set, LiteLLM for `litellm/…` model names, else the "
+            "offline demo model. `demo` forces the offline model."
+        ),
+    ] = "auto"
+    model: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="Model name, e.g. `gpt-4.1-mini`, or `litellm/anthropic/…` for LiteLLM.",
+        ),
+    ] = "gpt-4.1-mini"
+    base_url: Annotated[
+        str | None,
+        Meta(
+            description="Base URL of an OpenAI-compatible server (Chat Completions API).",
+            extra=URL,
+        ),
+    ] = None
+    api_key: Annotated[
+        str | None,
+        Meta(
+            description="API key for `base_url` (OpenAI itself reads `OPENAI_API_KEY`).",
+            extra=SECRET,
+        ),
+    ] = None
+
+
+class RunSettings(Section, frozen=True, kw_only=True):
+    """Agent runs: limits, retention, conversations."""
+
+    max_turns: Annotated[
+        int, Meta(ge=1, description="Model turns one run may take before it fails.")
+    ] = 10
+    timeout_seconds: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="Longest one agent run may take; it then ends with a timeout error.",
+        ),
+    ] = 120.0
+    result_ttl_seconds: Annotated[
+        int,
+        Meta(
+            ge=60,
+            description="How long a run's record, result and event stream are kept.",
+        ),
+    ] = 86_400
+    events_maxlen: Annotated[
+        int,
+        Meta(ge=100, description="Approximate bound of one run's event stream."),
+    ] = 10_000
+    session_ttl_seconds: Annotated[
+        int | None,
+        Meta(description="Expire a conversation this long after its last write; unset: never."),
+    ] = None
+    stream_deltas: Annotated[
+        bool,
+        Meta(description="Publish text deltas of model output on the run's event stream."),
+    ] = True
+    coordination_stream: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="Name of the coordination stream workers publish lifecycle events to.",
+        ),
+    ] = "agent_events"
+
+
 class SupervisorSettings(Section, frozen=True, kw_only=True):
     """The supervisor process of `agents-worker run`."""
 
@@ -384,5 +461,7 @@ class Settings(Section, frozen=True, kw_only=True):
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
     streams: StreamSettings = msgspec.field(default_factory=StreamSettings)
+    runs: RunSettings = msgspec.field(default_factory=RunSettings)
+    models: ModelSettingsSection = msgspec.field(default_factory=ModelSettingsSection)
     supervisor: SupervisorSettings = msgspec.field(default_factory=SupervisorSettings)
     observability: ObservabilitySettings = msgspec.field(default_factory=ObservabilitySettings)

@@ -28,9 +28,9 @@ import redis.asyncio
 import redis.exceptions
 from anyio.abc import TaskStatus
 
-from runtime.app import App, Handler, TaskContext
+from runtime.app import App, DeadLetterContext, Handler, TaskContext
 from runtime.envelope import Envelope, MalformedEntry, decode_entry
-from runtime.errors import PermanentError, RetryLater
+from runtime.errors import Defer, PermanentError, RetryLater
 from runtime.keys import Keys
 from runtime.log import get_logger
 from runtime.scripts import Scripts
@@ -410,6 +410,12 @@ class Worker:
             await self._dead_letter(entry, envelope, "permanent failure", _describe(exc))
         except RetryLater as exc:
             await self._failed(entry, envelope, tries, _describe(exc), exc.delay)
+        except Defer as exc:
+            self.stats.handled -= 1  # not an attempt
+            if not entry.lost and not await self._outcomes.retry(
+                entry, envelope, None, exc.delay, count=False
+            ):
+                self._lease_lost(entry)
         except Exception as exc:
             log.warning("task.failed", target=envelope.target, task=envelope.id, error=repr(exc))
             await self._failed(entry, envelope, tries, _describe(exc), None)
@@ -437,6 +443,7 @@ class Worker:
             consumer=self.consumer,
             redis=self.client,
             keys=self.keys,
+            settings=self.settings,
         )
         # One cancel scope serves as the timeout and as the handle to cancel on a lost lease.
         scope = entry.scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
@@ -471,6 +478,17 @@ class Worker:
             return
         if not await self._outcomes.dead_letter(entry, envelope, reason, error):
             self._lease_lost(entry)
+            return
+        hook = self.app.handlers[self._intake.targets[entry.stream]].on_dead_letter
+        if hook is not None and envelope is not None:
+            try:
+                await hook(
+                    DeadLetterContext(
+                        envelope, reason, error, self.client, self.keys, self.settings
+                    )
+                )
+            except Exception:  # the letter is written; a failing hook must not undo that
+                log.exception("dead_letter.hook_failed", target=envelope.target)
 
     def _lease_lost(self, entry: Entry) -> None:
         entry.lost = True

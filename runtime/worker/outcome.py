@@ -116,16 +116,32 @@ class Outcomes:
             raise
 
     # --- failure ------------------------------------------------------------------------
-    async def retry(self, entry: Entry, envelope: Envelope, error: str, delay: float) -> bool:
-        """Schedule the next attempt after *delay* seconds; ack and delete this entry."""
-        retry = msgspec.structs.replace(envelope, attempt=envelope.attempt + 1, last_error=error)
+    async def retry(
+        self,
+        entry: Entry,
+        envelope: Envelope,
+        error: str | None,
+        delay: float,
+        *,
+        count: bool = True,
+    ) -> bool:
+        """Schedule the next attempt after *delay* seconds; ack and delete this entry.
+
+        With ``count=False`` (a deferral) the attempt counter is left as it is.
+        """
+        retry = (
+            msgspec.structs.replace(envelope, attempt=envelope.attempt + 1, last_error=error)
+            if count
+            else envelope
+        )
         run_at_ms = int((time.time() + delay) * 1000)
         settled = await self._scripts.retry(
             keys=[entry.stream, self._keys.delayed(envelope.target)],
             args=[self._group, entry.entry_id, self._consumer, run_at_ms, encode_envelope(retry)],
         )
         if settled:
-            self._stats.retried += 1
+            if count:
+                self._stats.retried += 1
             self.retry_scheduled.set()
         return bool(settled)
 
