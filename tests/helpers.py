@@ -9,17 +9,21 @@ from contextlib import asynccontextmanager
 import anyio
 import redis.asyncio
 
-from runtime import Keys, Settings
+from runtime import App, Keys, Settings
 from runtime.worker import Worker
 from tests.apps import app
 
 
 @asynccontextmanager
 async def running_worker(
-    settings: Settings, client: redis.asyncio.Redis, consumer: str = "test:0"
+    settings: Settings,
+    client: redis.asyncio.Redis,
+    consumer: str = "test:0",
+    *,
+    serving: App | None = None,
 ) -> AsyncIterator[Worker]:
-    """A Worker serving tests.apps:app until the block ends (then a graceful stop)."""
-    worker = Worker(app, settings, client, consumer=consumer)
+    """A Worker serving *serving* (tests.apps:app) until the block ends, then a graceful stop."""
+    worker = Worker(serving or app, settings, client, consumer=consumer)
     async with anyio.create_task_group() as tg:
         await tg.start(worker.run)
         try:

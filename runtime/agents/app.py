@@ -1,0 +1,149 @@
+"""An app of agents: the agents a worker serves, each with its own inbox.
+
+    from agents import Agent
+    from runtime.agents import AgentApp
+
+    billing = Agent(name="billing", instructions="…", tools=[refund])
+    triage = Agent(name="triage", instructions="…", handoffs=[billing])
+    app = AgentApp("support", agents=[triage, billing])
+
+    # agents-worker run support.workers:app
+
+Agent names must be unique and usable as target names (letters, digits, ``-``, ``_``, ``.``);
+every agent another one hands off to must be served too, so in-run handoffs stay in the
+worker's agent graph. The model is taken from the settings (``[models]``) unless the app (or
+an agent itself) sets one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import redis.asyncio
+from agents import Agent, Handoff, Model
+from agents.run_config import RunConfig
+
+from runtime.agents.execute import Resources, execute
+from runtime.agents.models import run_config_for
+from runtime.agents.protocol import RunEvent, RunRequest, RunResult
+from runtime.agents.runs import RunStore
+from runtime.agents.turns import SessionTurns
+from runtime.app import App, DeadLetterContext, TaskContext
+from runtime.errors import AppError, KeyNameError
+from runtime.keys import validate_name
+from runtime.log import get_logger
+
+__all__ = ["AgentApp"]
+
+log = get_logger(__name__)
+
+
+class AgentApp(App):
+    """Serve *agents* (and run them on the SDK ``Runner``) in worker processes."""
+
+    def __init__(
+        self,
+        name: str = "agents",
+        *,
+        agents: Sequence[Agent[Any]],
+        model: Model | str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        self.agents: dict[str, Agent[Any]] = {}
+        self.model = model
+        self._resources: dict[int, Resources] = {}
+        for agent in agents:
+            self._add_agent(agent, timeout)
+        self._check_handoffs()
+
+    def _add_agent(self, agent: Agent[Any], timeout: float | None) -> None:
+        try:
+            validate_name("agent", agent.name)
+        except KeyNameError as exc:
+            raise AppError(
+                f"{exc}: agent names are their inbox names; use e.g. {_slug(agent.name)!r}"
+            ) from None
+        if agent.name in self.agents:
+            raise AppError(f"two agents are named {agent.name!r}: names must be unique")
+        self.agents[agent.name] = agent
+
+        async def handle(ctx: TaskContext, request: RunRequest) -> None:
+            await execute(ctx, request, agent, self._resources_for(ctx))
+
+        self.add_handler(agent.name, handle, timeout=timeout, on_dead_letter=self._dead_lettered)
+
+    def _check_handoffs(self) -> None:
+        for agent in self.agents.values():
+            for target in agent.handoffs:
+                name = target.agent_name if isinstance(target, Handoff) else target.name
+                if name not in self.agents:
+                    raise AppError(
+                        f"agent {agent.name!r} hands off to {name!r}, which this app does not "
+                        "serve: add it to agents=[…]"
+                    )
+
+    def _resources_for(self, ctx: TaskContext) -> Resources:
+        """Per worker process (per Redis client): run store, turns, model, publisher."""
+        key = id(ctx.redis)
+        res = self._resources.get(key)
+        if res is None:
+            settings = ctx.settings
+            config, note = self._run_config(settings.models)
+            res = Resources(
+                runs=RunStore(ctx.redis, ctx.keys, settings.runs),
+                turns=SessionTurns(
+                    ctx.redis, ctx.keys, lease_seconds=settings.worker.lease_seconds
+                ),
+                run_config=config,
+                model_note=note,
+                publisher=_publisher(ctx.redis, ctx.keys, settings.runs.coordination_stream),
+            )
+            self._resources[key] = res
+            log.info("agents.model", app=self.name, model=note)
+        return res
+
+    def _run_config(self, models: Any) -> tuple[RunConfig, str]:
+        # The SDK's default trace exporter sends to OpenAI: only when there is a key for it.
+        options = {
+            "workflow_name": self.name,
+            "tracing_disabled": not os.environ.get("OPENAI_API_KEY"),
+        }
+        if isinstance(self.model, Model):
+            return RunConfig(model=self.model, **options), type(self.model).__name__
+        if isinstance(self.model, str):
+            models = msgspec.structs.replace(models, model=self.model)
+        return run_config_for(models, dict(os.environ), **options)
+
+    async def _dead_lettered(self, info: DeadLetterContext) -> None:
+        """A run whose entry was dead-lettered ends as failed, so nobody waits for it."""
+        try:
+            request = msgspec.convert(info.envelope.payload, RunRequest)
+        except msgspec.ValidationError:
+            return
+        runs = RunStore(info.redis, info.keys, info.settings.runs)
+        result = RunResult(
+            run_id=request.run_id,
+            status="failed",
+            agent=request.agent,
+            session_id=request.session_id,
+            error=f"{info.reason}: {info.error}" if info.error else info.reason,
+            error_type="DeadLettered",
+            submitted_at=request.submitted_at,
+        )
+        await runs.finish(result, RunEvent(type="run.failed", data={"error": result.error}))
+
+
+def _publisher(client: redis.asyncio.Redis, keys: Any, stream_name: str) -> Any:
+    try:
+        from runtime.coordinator import AgentCoordinator
+    except ImportError:  # pragma: no cover - the coordinator ships with the runtime
+        return None
+    return AgentCoordinator(stream_name=stream_name, client=client, keys=keys)
+
+
+def _slug(name: str) -> str:
+    return "-".join(name.lower().split()).replace(":", "-").replace("{", "").replace("}", "")

@@ -1,0 +1,198 @@
+"""The app side of agent runs: submit, follow, wait for, cancel.
+
+async with open_redis(settings) as conn:
+    client = AgentClient(conn.client, keys=conn.keys, settings=settings)
+    handle = await client.run("triage", "My invoice is wrong", session_id="c-42")
+    async for event in handle.events():      # live, in order; resumable with after=
+        print(event.type, event.data)
+    result = await handle.result(timeout=30)  # blocks on the event stream, no polling
+    print(result.final_output)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio
+
+from runtime.agents.protocol import HandoffInfo, RunEvent, RunRequest, RunResult
+from runtime.agents.runs import RunStore
+from runtime.agents.turns import SessionTurns
+from runtime.envelope import new_task_id
+from runtime.errors import AgentsWorkerError, EnqueueError, KeyNameError
+from runtime.keys import Keys, validate_name
+from runtime.producer import Producer
+from runtime.settings.model import Settings
+
+__all__ = ["AgentClient", "RunHandle", "RunNotFound"]
+
+_BLOCK_MS = 1000
+
+
+class RunNotFound(AgentsWorkerError, LookupError):
+    """No record of the run: unknown id, or its record expired (``runs.result_ttl_seconds``)."""
+
+
+class RunHandle:
+    """A submitted run: follow its events, wait for its result, cancel it."""
+
+    def __init__(self, store: RunStore, run_id: str, agent: str, session_id: str | None) -> None:
+        self._store = store
+        self.run_id = run_id
+        self.agent = agent
+        self.session_id = session_id
+
+    def __repr__(self) -> str:
+        return f"RunHandle(run_id={self.run_id!r}, agent={self.agent!r})"
+
+    async def status(self) -> RunResult | None:
+        """The run's record now (``None`` when unknown)."""
+        return await self._store.get(self.run_id)
+
+    async def result(self, timeout: float | None = None) -> RunResult:  # noqa: ASYNC109
+        """Wait for the run to end and return its result.
+
+        Blocks on the run's event stream (XREAD BLOCK), so it returns as soon as the terminal
+        event is written. A failed or cancelled run is returned, not raised: check
+        ``result.status`` / ``result.error``.
+
+        Raises:
+            TimeoutError: the run did not end within *timeout* seconds.
+            RunNotFound: the run is unknown.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after = "0-0"
+        while True:
+            record = await self._store.get(self.run_id)
+            if record is None:
+                raise RunNotFound(f"no run {self.run_id!r} (unknown, or its record expired)")
+            if record.status in ("completed", "failed", "cancelled"):
+                return record
+            wait_ms = _BLOCK_MS
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"run {self.run_id} of {self.agent!r} did not end within {timeout:g} s "
+                        f"(status: {record.status}; is a worker serving {self.agent!r}?)"
+                    )
+                wait_ms = max(1, min(_BLOCK_MS, int(left * 1000)))
+            events = await self._store.read_events(self.run_id, after, block_ms=wait_ms)
+            if events:
+                after = events[-1].id or after
+
+    async def events(self, after: str = "0-0", *, follow: bool = True) -> AsyncIterator[RunEvent]:
+        """The run's events in order, from just after the event id *after*.
+
+        With *follow* it waits for new events until the terminal one; pass the ``id`` of the
+        last event seen as *after* to resume after a disconnect: nothing is repeated or missed.
+        """
+        while True:
+            events = await self._store.read_events(
+                self.run_id, after, block_ms=_BLOCK_MS if follow else None
+            )
+            for event in events:
+                yield event
+                after = event.id or after
+                if event.terminal:
+                    return
+            if not events:
+                if not follow:
+                    return
+                if await self._store.get(self.run_id) is None:
+                    raise RunNotFound(f"no run {self.run_id!r} (unknown, or its record expired)")
+
+    async def cancel(self) -> bool:
+        """Ask for the run to stop; ``False`` when it already ended. The result says when."""
+        return await self._store.request_cancel(self.run_id)
+
+
+class AgentClient:
+    """Submit agent runs and hand conversations over between agents."""
+
+    def __init__(self, client: redis.asyncio.Redis, *, keys: Keys, settings: Settings) -> None:
+        self._client = client
+        self._keys = keys
+        self._settings = settings
+        self._runs = RunStore(client, keys, settings.runs)
+        self._turns = SessionTurns(client, keys, lease_seconds=settings.worker.lease_seconds)
+        self._producer = Producer(client, keys=keys, settings=settings)
+
+    def handle(self, run_id: str, agent: str = "", session_id: str | None = None) -> RunHandle:
+        """A handle on a run submitted earlier (by this process or another)."""
+        return RunHandle(self._runs, run_id, agent, session_id)
+
+    async def run(
+        self,
+        agent: str,
+        input: str | list[dict[str, Any]],
+        *,
+        session_id: str | None = None,
+        context: dict[str, Any] | None = None,
+        max_turns: int | None = None,
+        run_id: str | None = None,
+    ) -> RunHandle:
+        """Submit a run of *agent* on *input*; runs of one *session_id* execute in submit order.
+
+        Raises:
+            EnqueueError: bad agent name, session id or run id, or input that is not JSON.
+        """
+        return await self._submit(
+            agent, input, session_id=session_id, context=context, max_turns=max_turns,
+            run_id=run_id, handoff=None,
+        )  # fmt: skip
+
+    async def handoff(
+        self,
+        to_agent: str,
+        *,
+        session_id: str,
+        from_agent: str,
+        context: dict[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> RunHandle:
+        """Continue *session_id* with *to_agent*, telling it who handed over and why."""
+        info = HandoffInfo(from_agent=from_agent, context=context or {}, event_id=event_id)
+        return await self._submit(
+            to_agent, None, session_id=session_id, context=context, max_turns=None,
+            run_id=None, handoff=info,
+        )  # fmt: skip
+
+    async def _submit(
+        self,
+        agent: str,
+        input: str | list[dict[str, Any]] | None,
+        *,
+        session_id: str | None,
+        context: dict[str, Any] | None,
+        max_turns: int | None,
+        run_id: str | None,
+        handoff: HandoffInfo | None,
+    ) -> RunHandle:
+        run_id = run_id or new_task_id()
+        try:
+            validate_name("agent", agent)
+            validate_name("run", run_id)
+            if session_id is not None:
+                validate_name("session", session_id)
+        except KeyNameError as exc:
+            raise EnqueueError(str(exc)) from None
+        seq = await self._turns.assign(session_id, run_id) if session_id is not None else None
+        request = RunRequest(
+            run_id=run_id,
+            agent=agent,
+            input=input,
+            session_id=session_id,
+            seq=seq,
+            context=context or {},
+            max_turns=max_turns,
+            handoff=handoff,
+            submitted_at=time.time(),
+        )
+        if not await self._runs.create(request):
+            raise EnqueueError(f"a run with id {run_id!r} exists already")
+        sent = await self._producer.enqueue(agent, request, task_id=run_id)
+        await self._runs.mark_enqueued(run_id, sent.entry_id)
+        return RunHandle(self._runs, run_id, agent, session_id)

@@ -1,0 +1,126 @@
+"""Agent apps for the agent-runtime tests, with deterministic models (no network, no key).
+
+``EchoModel`` answers "reply to <last user message>" (or, after an app handoff, "continuing
+after <from>"), optionally slowly, and records every call in Redis under the worker's key
+prefix (``<prefix>:scratch:model-calls``: one JSON document per call with the run's input it
+saw), so tests can check what each model call saw across processes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx2 as httpx
+import openai
+from agents import (
+    Agent,
+    Handoff,
+    Model,
+    ModelResponse,
+    ModelSettings,
+    ModelTracing,
+    Tool,
+    function_tool,
+)
+from agents.agent_output import AgentOutputSchemaBase
+from agents.items import TResponseInputItem, TResponseStreamEvent
+from agents.testing import ModelStep, ScriptedModel, assistant_message, function_call
+
+from runtime.agents import AgentApp
+
+
+class EchoModel(Model):
+    """Answers from the input; ``behaviour`` picks a failure mode for the failure tests."""
+
+    def __init__(self, behaviour: str = "echo", delay: float = 0.0) -> None:
+        self.behaviour = behaviour
+        self.delay = delay
+        self.calls: list[list[dict[str, Any]]] = []
+        self.failures_left = 1
+
+    def _step(self, input: str | list[TResponseInputItem]) -> ModelStep:
+        items = [{"role": "user", "content": input}] if isinstance(input, str) else list(input)
+        self.calls.append([dict(i) for i in items])
+        if self.behaviour == "raise":
+            raise ValueError("the model broke")
+        if self.behaviour == "rate_limited" and self.failures_left:
+            self.failures_left -= 1
+            request = httpx.Request("POST", "http://model.invalid/v1/responses")
+            response = httpx.Response(429, request=request, headers={"retry-after": "0.05"})
+            raise openai.RateLimitError("slow down", response=response, body=None)
+        if self.behaviour == "loop":
+            return ModelStep(output=[function_call("ping", {}, call_id=f"c{len(items)}")])
+        last = next(
+            (i for i in reversed(items) if i.get("role") in ("user", "system")), {"content": ""}
+        )
+        content = last.get("content")
+        text = content if isinstance(content, str) else json.dumps(content)
+        if last.get("role") == "system":
+            text = f"continuing after {text.split('.')[0].removeprefix('Handoff from ')}"
+        else:
+            text = f"reply to {text}"
+        return ModelStep(output=[assistant_message(text, item_id=f"m{len(items)}")])
+
+    async def get_response(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        model_settings: ModelSettings,
+        tools: list[Tool],
+        output_schema: AgentOutputSchemaBase | None,
+        handoffs: list[Handoff],
+        tracing: ModelTracing,
+        *,
+        previous_response_id: str | None,
+        conversation_id: str | None,
+        prompt: Any,
+    ) -> ModelResponse:
+        if self.delay:
+            await anyio.sleep(self.delay)
+        step = self._step(input)
+        return await ScriptedModel([step]).get_response(
+            system_instructions, input, model_settings, tools, output_schema, handoffs, tracing,
+            previous_response_id=previous_response_id, conversation_id=conversation_id,
+            prompt=prompt,
+        )  # fmt: skip
+
+    async def stream_response(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        model_settings: ModelSettings,
+        tools: list[Tool],
+        output_schema: AgentOutputSchemaBase | None,
+        handoffs: list[Handoff],
+        tracing: ModelTracing,
+        *,
+        previous_response_id: str | None,
+        conversation_id: str | None,
+        prompt: Any,
+    ) -> AsyncIterator[TResponseStreamEvent]:
+        if self.delay:
+            await anyio.sleep(self.delay)
+        step = self._step(input)
+        async for event in ScriptedModel([step]).stream_response(
+            system_instructions, input, model_settings, tools, output_schema, handoffs, tracing,
+            previous_response_id=previous_response_id, conversation_id=conversation_id,
+            prompt=prompt,
+        ):  # fmt: skip
+            yield event
+
+
+@function_tool
+def ping() -> str:
+    """Answer pong."""
+    return "pong"
+
+
+def make_app(behaviour: str = "echo", delay: float = 0.0) -> tuple[AgentApp, EchoModel]:
+    """A triage agent that can hand off to billing, both on one EchoModel."""
+    model = EchoModel(behaviour, delay)
+    billing = Agent(name="billing", instructions="Billing.", tools=[ping])
+    triage = Agent(name="triage", instructions="Triage.", handoffs=[billing], tools=[ping])
+    return AgentApp("tests", agents=[triage, billing], model=model), model
