@@ -21,14 +21,14 @@ _INVOICES = {
 
 @function_tool
 def lookup_invoice(invoice_id: int) -> str:
-    """Look up an invoice by its number: customer, amount and payment state."""
+    """Look up an invoice by its number: customer, amount, charges and payment state."""
     customer, amount, state = _INVOICES.get(invoice_id, ("unknown customer", 0.0, "not found"))
     return f"invoice {invoice_id}: {customer}, {amount:.2f} EUR, {state}"
 
 
 @function_tool
 def issue_refund(invoice_id: int, reason: str) -> str:
-    """Refund an invoice (the duplicate charge) and return the refund reference."""
+    """Refund a duplicate charge on an invoice; returns the refund reference."""
     return f"refund R-{invoice_id}-1 issued for invoice {invoice_id} ({reason[:40]})"
 
 

@@ -108,7 +108,7 @@ class AgentApp(App):
 
     def _run_config(self, models: Any) -> tuple[RunConfig, str]:
         # The SDK's default trace exporter sends to OpenAI: only when there is a key for it.
-        options = {
+        options: dict[str, Any] = {
             "workflow_name": self.name,
             "tracing_disabled": not os.environ.get("OPENAI_API_KEY"),
         }

@@ -148,17 +148,27 @@ def _words(text: str) -> set[str]:
     return {w[:5] for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 2}
 
 
-def _this_turn(items: list[dict[str, Any]]) -> tuple[str, list[str]]:
-    """The latest user (or system, for app handoffs) message, and tool outputs since then."""
+def _this_turn(items: list[dict[str, Any]], handoffs: set[str]) -> tuple[str, list[str]]:
+    """The latest user (or system, for app handoffs) message, and tool outputs since then.
+
+    Outputs of handoff calls do not count: after a handoff the new agent still acts.
+    """
     last = 0
     for index, item in enumerate(items):
         if item.get("role") in ("user", "system") and item.get("type", "message") == "message":
             last = index
     message = _text(items[last].get("content")) if items else ""
+    # the SDK names handoff tools transfer_to_<agent>; an earlier agent's are not offered now
+    handoff_calls = {
+        item.get("call_id")
+        for item in items[last:]
+        if item.get("type") == "function_call"
+        and (item.get("name") in handoffs or str(item.get("name", "")).startswith("transfer_to_"))
+    }
     outputs = [
         str(item.get("output", ""))
         for item in items[last:]
-        if item.get("type") == "function_call_output"
+        if item.get("type") == "function_call_output" and item.get("call_id") not in handoff_calls
     ]
     return message, outputs
 
@@ -191,7 +201,7 @@ def _decide(
     handoffs: list[Handoff],
 ) -> ModelStep:
     items = _items(input)
-    message, outputs = _this_turn(items)
+    message, outputs = _this_turn(items, {h.tool_name for h in handoffs})
     call_id = f"call_{len(items)}"  # grows within a run: unique per run
     usage = Usage(
         requests=1,

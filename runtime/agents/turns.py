@@ -183,7 +183,7 @@ class SessionTurns:
         """
         turns = self._keys.session_turns(turn.session_id)
         order = turn.seq if turn.seq is not None else 0
-        args = [order, turn.token, 1 if advance else 0]
+        args: list[Any] = [order, turn.token, 1 if advance else 0]
         with translate_errors("end a conversation's turn"):
             await self._finish(keys=[turns, turn.lease_key], args=args)
 

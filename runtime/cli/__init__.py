@@ -8,6 +8,7 @@ from runtime.cli import (
     redis_cmd,
     run_cmd,
     status_cmd,
+    submit_cmd,
 )
 from runtime.cli.app import Context, cli, pass_context
 
@@ -20,6 +21,7 @@ cli.add_command(run_cmd.run)
 cli.add_command(status_cmd.status)
 cli.add_command(dlq_cmd.dlq_group)
 cli.add_command(enqueue_cmd.enqueue)
+cli.add_command(submit_cmd.submit)
 
 
 def main() -> None:

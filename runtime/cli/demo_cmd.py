@@ -1,72 +1,173 @@
-"""``agents-worker demo``: the README's first command."""
+"""``agents-worker demo``: the README's first command, end to end.
+
+Starts Redis (the embedded Redis Stack unless a URL is set) and checks its modules, runs the
+demo app (``workers.demo:app``: triage → billing / technical) under the supervisor with two
+worker processes, submits a few conversations — one of them multi-turn, one continued by an
+app-published handoff — prints what happened and a status table, and shuts everything down.
+"""
 
 from __future__ import annotations
 
+import os
+import uuid
+
 import anyio
 import click
+import msgspec
 from rich.table import Table
 
+from runtime.agents import AgentClient, RunHandle, RunResult
+from runtime.agents.models import model_description
 from runtime.cli.app import Context, pass_context
+from runtime.coordinator import AgentCoordinator, CoordinationEvent
+from runtime.log import configure_logging
 from runtime.redaction import redact_url
-from runtime.redis.connection import open_redis, read_server_info
-from runtime.redis.embedded import EmbeddedRedis
-from runtime.redis.modules import ModuleCheck, exercise_modules
+from runtime.redis.connection import Connection, open_redis, read_server_info
+from runtime.redis.modules import exercise_modules
+from runtime.settings import Settings
+from runtime.streams import stream_status
+from runtime.supervisor import Supervisor
 
 __all__ = ["demo"]
 
+APP = "workers.demo:app"
+_READY_TIMEOUT = 60.0
+
 
 @click.command()
-@click.option(
-    "--keep-redis", is_flag=True, help="Leave an embedded server it started running afterwards."
-)
+@click.option("--workers", "-w", type=int, default=2, show_default=True)
+@click.option("--keep-redis", is_flag=True, help="Leave an embedded server it started running.")
 @pass_context
-def demo(ctx: Context, keep_redis: bool) -> None:
-    """Start Redis (embedded unless a URL is set) and prove every module works.
-
-    Runs a real round trip through Search, JSON, TimeSeries and Bloom and prints the outcome;
-    exits with status 1 when a module is missing or misbehaves.
-    """
-    checks = anyio.run(_run, ctx, keep_redis)
-    failed = [check.module for check in checks if not check.ok]
+def demo(ctx: Context, workers: int, keep_redis: bool) -> None:
+    """Run the demo agents end to end on the embedded Redis Stack (or REDIS_URL)."""
+    quiet = {"observability.log_level": "WARNING"}
+    if ctx.resolved.sources["observability.log_level"] == "default":
+        ctx.override(quiet)  # the demo's own output tells the story
+        configure_logging("WARNING", ctx.settings.observability.log_format)
+    ctx.override({"supervisor.workers": workers, "supervisor.http_port": 0})
+    failed = anyio.run(_demo, ctx, keep_redis)
     if failed:
-        raise click.ClickException(
-            f"module check failed: {', '.join(failed)}. The runtime needs Redis 8 or Redis Stack "
-            "(or the embedded server: unset REDIS_URL)."
-        )
-    ctx.console.print("[green]All four modules answer:[/] the Redis foundation is ready.")
+        raise click.ClickException(f"{failed} demo run(s) did not complete; see above")
+    ctx.console.print("[green]Demo finished:[/] every run completed; workers and Redis stopped.")
 
 
-async def _run(ctx: Context, keep_redis: bool) -> list[ModuleCheck]:
-    settings = ctx.settings
+async def _demo(ctx: Context, keep_redis: bool) -> int:
     out = ctx.console
+    settings = ctx.settings
     if settings.redis.url is None:
-        data_dir = EmbeddedRedis(settings.redis.embedded).data_dir
-        out.print(f"No Redis URL configured: using the embedded Redis Stack in {data_dir}.")
-    else:
-        source = ctx.resolved.sources["redis.url"]
-        out.print(f"Using Redis at {redact_url(settings.redis.url)} ({source}).")
+        out.print("No Redis URL configured: starting the embedded Redis Stack…")
     async with open_redis(settings, stop_embedded=not keep_redis) as conn:
-        if conn.embedded is not None:
-            verb = "Reusing the running" if conn.embedded.reused else "Started the"
+        await _foundation(ctx, conn)
+        note = model_description(settings.models, dict(os.environ))
+        out.print(f"Model: {note}.")
+        if "demo model" in note:
             out.print(
-                f"{verb} embedded server (pid {conn.embedded.pid}) at {redact_url(conn.url)}; "
-                f"start-up to first PING took {conn.embedded.startup_ms:.0f} ms."
+                "  (deterministic and offline; set OPENAI_API_KEY, or models.base_url for any "
+                "OpenAI-compatible server, to use a real model)"
             )
-        info = await read_server_info(conn.client, conn.url)
-        out.print(f"Server: Redis {info.version} ({info.mode}).")
-        checks = await exercise_modules(conn.client, conn.keys, info)
-        out.print(_table(checks))
-        if conn.started_embedded and keep_redis:
-            out.print("Leaving the embedded server running (--keep-redis).")
-        elif conn.started_embedded:
-            out.print("Stopping the embedded server it started…")
-    return checks
+        worker_settings = ctx.settings if conn.embedded is None else _with_url(ctx, conn.url)
+        supervisor = Supervisor(APP, worker_settings)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(supervisor.run)
+            out.print(f"Starting {settings.supervisor.workers} worker processes for {APP}…")
+            await _until_ready(supervisor, settings.supervisor.workers)
+            failed = await _conversations(ctx, conn)
+            await _status(ctx, conn)
+            out.print("Stopping the workers (graceful drain)…")
+            supervisor.stop()
+    return failed
 
 
-def _table(checks: list[ModuleCheck]) -> Table:
-    table = Table("module", "version", "result", "time", "what ran", highlight=False)
-    for check in checks:
-        result = "[green]ok[/]" if check.ok else "[red]FAILED[/]"
-        version = str(check.version) if check.loaded else "-"
-        table.add_row(check.module, version, result, f"{check.ms:.1f} ms", check.detail)
-    return table
+def _with_url(ctx: Context, url: str) -> Settings:
+    """The settings the workers get: the embedded server this command started or reuses."""
+    redis_settings = msgspec.structs.replace(ctx.settings.redis, url=url)
+    return msgspec.structs.replace(ctx.settings, redis=redis_settings)
+
+
+async def _foundation(ctx: Context, conn: Connection) -> None:
+    info = await read_server_info(conn.client, conn.url)
+    checks = await exercise_modules(conn.client, conn.keys, info)
+    where = "embedded Redis Stack" if conn.embedded is not None else "Redis"
+    startup = (
+        f", started in {conn.embedded.startup_ms:.0f} ms"
+        if conn.embedded is not None and not conn.embedded.reused
+        else ""
+    )
+    ctx.console.print(f"Redis: {where} {info.version} at {redact_url(conn.url)}{startup}.")
+    shown = ", ".join(f"{c.module} {'ok' if c.ok else 'MISSING'}" for c in checks)
+    ctx.console.print(f"  modules: {shown}")
+
+
+async def _until_ready(supervisor: Supervisor, wanted: int) -> None:
+    with anyio.fail_after(_READY_TIMEOUT):
+        await supervisor.wait_ready(wanted)
+
+
+async def _conversations(ctx: Context, conn: Connection) -> int:
+    out = ctx.console
+    client = AgentClient(conn.client, keys=conn.keys, settings=ctx.settings)
+    tag = uuid.uuid4().hex[:6]
+    alice, bob = f"alice-{tag}", f"bob-{tag}"
+    out.print(f"\nConversations ({alice} has three turns; {bob} one):")
+    turns = [
+        (alice, "Hi, my invoice 1042 was charged twice"),
+        (bob, "The app crashes when I try to log in"),
+        (alice, "Please refund the duplicate charge on invoice 1042"),
+    ]
+    handles = [
+        (str(n), await client.run("triage", text, session_id=session))
+        for n, (session, text) in enumerate(turns, 1)
+    ]
+
+    async def handoff_sink(event: CoordinationEvent) -> str:
+        handle = await client.handoff(
+            str(event.data["to_agent"]),
+            session_id=str(event.session_id),
+            from_agent=str(event.data["from_agent"]),
+            context=dict(event.data.get("context") or {}),
+        )
+        handles.append(("4", handle))
+        return handle.run_id
+
+    coordinator = AgentCoordinator(client=conn.client, keys=conn.keys, handoff_sink=handoff_sink)
+    await coordinator.publish_handoff_ready(
+        "triage", "technical", alice, {"reason": "the customer also cannot log in"}
+    )
+    failed = 0
+    for label, handle in handles:
+        result = await handle.result(timeout=60)
+        failed += not result.ok
+        await _print_run(ctx, label, handle, result)
+    return failed
+
+
+async def _print_run(ctx: Context, label: str, handle: RunHandle, result: RunResult) -> None:
+    steps = []
+    async for event in handle.events(follow=False):
+        data = event.data
+        if event.type == "handoff":
+            steps.append(f"{data['from']} → {data['to']}")
+        elif event.type == "tool.called":
+            steps.append(f"{data['tool']}()")
+        elif event.type == "run.started" and not steps:
+            steps.append(f"worker {data['worker']}")
+    head = f"[bold]#{label}[/] {handle.session_id} · {result.agent}"
+    if not result.ok:
+        ctx.console.print(f"{head} [red]{result.status}[/]: {result.error}")
+        return
+    took = (result.finished_at or 0) - (result.submitted_at or 0)
+    ctx.console.print(f"{head} · {' · '.join(steps)} · {took * 1000:.0f} ms")
+    ctx.console.print(f"    {result.last_agent}: {result.final_output}")
+
+
+async def _status(ctx: Context, conn: Connection) -> None:
+    streams = await stream_status(conn.client, conn.keys, ["triage", "billing", "technical"])
+    table = Table(
+        "inbox", "length", "pending", "DLQ", "consumers", title="\nStatus", highlight=False
+    )
+    for s in streams:
+        consumers = ", ".join(c.name for g in s.groups for c in g.consumers) or "-"
+        table.add_row(s.target, str(s.length), str(s.pending), str(s.dlq), consumers)
+    ctx.console.print(table)
+    events = await AgentCoordinator(client=conn.client, keys=conn.keys).get_stream_info()
+    ctx.console.print(f"Coordination stream: {events.get('length', 0)} lifecycle events.")

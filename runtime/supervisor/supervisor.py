@@ -72,6 +72,7 @@ class Supervisor:
         self._unclean_exits = 0
         self._stopping = anyio.Event()
         self._started = anyio.Event()
+        self._ready_changed = anyio.Event()
         self._child_settings = b""
         self._targets: list[str] = []
         sup = settings.supervisor
@@ -117,6 +118,12 @@ class Supervisor:
     async def wait_started(self) -> None:
         """Wait until the first set of workers was spawned (for embedding and tests)."""
         await self._started.wait()
+
+    async def wait_ready(self, count: int) -> None:
+        """Wait until *count* workers have reported READY."""
+        while self.ready_workers < count:
+            self._ready_changed = anyio.Event()
+            await self._ready_changed.wait()
 
     # --- supervision --------------------------------------------------------------------
     async def _supervise(self, client: redis.asyncio.Redis, keys: Keys) -> bool:
@@ -228,6 +235,7 @@ class Supervisor:
                 status = await process.wait()
                 return status, "it exited or did not report READY in time"
             log.info("worker.ready", slot=slot.index, pid=process.pid)
+            self._ready_changed.set()
             while (line := await _read_line(lines)) is not None:
                 if line.startswith("RECYCLE "):
                     slot.recycle_reason = line[len("RECYCLE ") :]
