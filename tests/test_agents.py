@@ -45,7 +45,7 @@ def texts(items: list[dict[str, object]]) -> list[str]:
 async def test_single_run_result_and_events(
     client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings
 ) -> None:
-    app, model = make_app()
+    app, _model = make_app()
     runs = client_for(client, keys, agent_settings)
     async with running_worker(agent_settings, client, serving=app):
         handle = await runs.run("triage", "hello there", session_id="s1")
