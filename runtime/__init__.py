@@ -8,13 +8,17 @@ async with open_redis(settings) as conn:   # embedded Redis Stack when no URL is
 """
 
 from runtime._version import __version__
-from runtime.app import App, Handler, TaskContext, load_app
+from runtime.agents import AgentApp, AgentClient, DemoModel, RunEvent, RunHandle, RunResult
+from runtime.app import App, DeadLetterContext, Handler, TaskContext, load_app
+from runtime.coordinator import AgentCoordinator, CoordinationEvent, EventType
 from runtime.dlq import DeadLetter, DeadLetters, Replayed
 from runtime.envelope import SCHEMA_VERSION, Envelope
 from runtime.errors import (
     AgentsWorkerError,
     AppError,
     ConfigError,
+    CoordinatorError,
+    Defer,
     EmbeddedRedisError,
     EmbeddedRedisNotInstalled,
     EnqueueError,
@@ -60,13 +64,21 @@ from runtime.worker import Worker, WorkerStats
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AgentApp",
+    "AgentClient",
+    "AgentCoordinator",
     "AgentsWorkerError",
     "App",
     "AppError",
     "ConfigError",
     "Connection",
+    "CoordinationEvent",
+    "CoordinatorError",
     "DeadLetter",
+    "DeadLetterContext",
     "DeadLetters",
+    "Defer",
+    "DemoModel",
     "EmbeddedRedis",
     "EmbeddedRedisError",
     "EmbeddedRedisNotInstalled",
@@ -74,6 +86,7 @@ __all__ = [
     "EnqueueError",
     "Enqueued",
     "Envelope",
+    "EventType",
     "Handler",
     "KeyNameError",
     "Keys",
@@ -90,6 +103,9 @@ __all__ = [
     "RedisTimeoutError",
     "Replayed",
     "RetryLater",
+    "RunEvent",
+    "RunHandle",
+    "RunResult",
     "ServerInfo",
     "ServerStatus",
     "Settings",

@@ -16,6 +16,7 @@ application can catch the whole family with one clause::
     │   ├── PortInUseError              the configured port is taken by another process
     │   └── OpenSSLMissingError         OpenSSL 1.1 is neither on the system nor fetchable
     ├── AppError                the app (``module:object``) cannot be loaded or is invalid
+    ├── CoordinatorError        the AgentCoordinator was used in a way it cannot serve
     ├── EnqueueError            work refused at enqueue (bad target, not JSON, too large)
     ├── SupervisorError         the supervisor gave up (crash loop, workers never ready)
     └── TaskFailure             raised by a handler to steer what happens to its entry
@@ -33,6 +34,7 @@ __all__ = [
     "AgentsWorkerError",
     "AppError",
     "ConfigError",
+    "CoordinatorError",
     "Defer",
     "EmbeddedRedisError",
     "EmbeddedRedisNotInstalled",
@@ -149,3 +151,11 @@ class Defer(TaskFailure):
     def __init__(self, message: str = "deferred", *, delay: float = 0.1) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+class CoordinatorError(AgentsWorkerError, ValueError):
+    """The coordinator was used in a way it cannot serve.
+
+    Subscribing, acking or claiming without a consumer group, an unknown event type, an event
+    that did not come from this coordinator's streams, event data that is not JSON.
+    """

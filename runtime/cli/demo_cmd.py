@@ -56,6 +56,9 @@ async def _demo(ctx: Context, keep_redis: bool) -> int:
     settings = ctx.settings
     if settings.redis.url is None:
         out.print("No Redis URL configured: starting the embedded Redis Stack…")
+    else:
+        source = ctx.resolved.sources["redis.url"]
+        out.print(f"Using Redis at {redact_url(settings.redis.url)} ({source}).")
     async with open_redis(settings, stop_embedded=not keep_redis) as conn:
         await _foundation(ctx, conn)
         note = model_description(settings.models, dict(os.environ))
@@ -94,8 +97,13 @@ async def _foundation(ctx: Context, conn: Connection) -> None:
         else ""
     )
     ctx.console.print(f"Redis: {where} {info.version} at {redact_url(conn.url)}{startup}.")
-    shown = ", ".join(f"{c.module} {'ok' if c.ok else 'MISSING'}" for c in checks)
+    shown = ", ".join(f"{c.module} {'ok' if c.ok else '[yellow]missing[/]'}" for c in checks)
     ctx.console.print(f"  modules: {shown}")
+    if not all(c.ok for c in checks):
+        ctx.console.print(
+            "  [yellow]Some modules are missing:[/] the agent runtime runs without them; search, "
+            "JSON sessions and metrics need Redis 8 or Redis Stack."
+        )
 
 
 async def _until_ready(supervisor: Supervisor, wanted: int) -> None:
