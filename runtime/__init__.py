@@ -32,6 +32,10 @@ from runtime.errors import (
     RedisError,
     RedisTimeoutError,
     RetryLater,
+    SessionDataError,
+    SessionError,
+    SessionFenceError,
+    SessionNotFound,
     SupervisorError,
     TaskFailure,
 )
@@ -48,6 +52,7 @@ from runtime.redis import (
     read_server_info,
     translate_errors,
 )
+from runtime.sessions import AgentSession, JSONSession
 from runtime.settings import (
     EmbeddedRedisSettings,
     ObservabilitySettings,
@@ -67,6 +72,7 @@ __all__ = [
     "AgentApp",
     "AgentClient",
     "AgentCoordinator",
+    "AgentSession",
     "AgentsWorkerError",
     "App",
     "AppError",
@@ -88,6 +94,7 @@ __all__ = [
     "Envelope",
     "EventType",
     "Handler",
+    "JSONSession",
     "KeyNameError",
     "Keys",
     "MissingModuleError",
@@ -108,6 +115,10 @@ __all__ = [
     "RunResult",
     "ServerInfo",
     "ServerStatus",
+    "SessionDataError",
+    "SessionError",
+    "SessionFenceError",
+    "SessionNotFound",
     "Settings",
     "StreamSettings",
     "Supervisor",

@@ -17,6 +17,10 @@ application can catch the whole family with one clause::
     │   └── OpenSSLMissingError         OpenSSL 1.1 is neither on the system nor fetchable
     ├── AppError                the app (``module:object``) cannot be loaded or is invalid
     ├── CoordinatorError        the AgentCoordinator was used in a way it cannot serve
+    ├── SessionError            a conversation cannot be read or written as asked
+    │   ├── SessionNotFound         no conversation has this id (also a KeyError)
+    │   ├── SessionFenceError       the writer no longer holds the conversation's lease
+    │   └── SessionDataError        an item cannot be stored as JSON or read back
     ├── EnqueueError            work refused at enqueue (bad target, not JSON, too large)
     ├── SupervisorError         the supervisor gave up (crash loop, workers never ready)
     └── TaskFailure             raised by a handler to steer what happens to its entry
@@ -49,6 +53,10 @@ __all__ = [
     "RedisError",
     "RedisTimeoutError",
     "RetryLater",
+    "SessionDataError",
+    "SessionError",
+    "SessionFenceError",
+    "SessionNotFound",
     "SupervisorError",
     "TaskFailure",
 ]
@@ -159,3 +167,45 @@ class CoordinatorError(AgentsWorkerError, ValueError):
     Subscribing, acking or claiming without a consumer group, an unknown event type, an event
     that did not come from this coordinator's streams, event data that is not JSON.
     """
+
+
+class SessionError(AgentsWorkerError):
+    """A conversation session cannot be read or written as asked."""
+
+
+class SessionNotFound(SessionError, KeyError):
+    """No conversation has this id (it was never created, was deleted, or expired)."""
+
+    def __init__(self, conversation_id: str) -> None:
+        self.conversation_id = conversation_id
+        super().__init__(f"no conversation {conversation_id!r}: never created, deleted or expired")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class SessionFenceError(SessionError):
+    """A write was refused: the writer's token no longer holds the conversation's lease.
+
+    Raised when a worker whose lease expired (and was perhaps taken by another attempt) tries
+    to change the history; nothing was written.
+    """
+
+    def __init__(self, conversation_id: str, lease_key: str) -> None:
+        self.conversation_id = conversation_id
+        self.lease_key = lease_key
+        super().__init__(
+            f"conversation {conversation_id!r}: write refused, this writer no longer holds "
+            f"the lease {lease_key!r}"
+        )
+
+
+class SessionDataError(SessionError, ValueError):
+    """An item cannot be encoded as JSON, or a stored item is not a JSON object.
+
+    ``raw`` holds the stored bytes that could not be read, when that is the cause.
+    """
+
+    def __init__(self, message: str, raw: bytes | str | None = None) -> None:
+        self.raw = raw
+        super().__init__(message)

@@ -55,8 +55,7 @@ async def test_single_run_result_and_events(
     assert result.last_agent == "triage" and result.worker == "test:0"
     assert result.usage["requests"] == 1
     types = [event.type async for event in handle.events()]
-    assert types[0] == "run.started" and types[-1] == "run.completed"
-    assert "message" in types and "message.delta" in types
+    assert types == ["run.started", "agent.updated", "message", "run.completed"]
     session = AgentSession("s1", client, keys=keys)
     assert texts(await session.get_items()) == [
         "user: hello there",
@@ -178,7 +177,9 @@ async def test_events_resume_after_a_disconnect_exactly_once(
     app, _ = make_app()
     runs = client_for(client, keys, agent_settings)
     async with running_worker(agent_settings, client, serving=app):
-        handle = await runs.run("triage", "a fairly long message to stream back", session_id="e")
+        handle = await runs.run(
+            "triage", "a fairly long message to stream back", session_id="e", stream=True
+        )
         first: list[RunEvent] = []
         async for event in handle.events():
             first.append(event)
@@ -229,3 +230,50 @@ async def test_run_without_a_worker_times_out_clearly(
     with pytest.raises(TimeoutError, match="is a worker serving 'nobody'"):
         await handle.result(timeout=0.3)
     await anyio.lowlevel.checkpoint()
+
+
+async def test_streamed_run_publishes_text_deltas(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings
+) -> None:
+    app, _ = make_app()
+    runs = client_for(client, keys, agent_settings)
+    async with running_worker(agent_settings, client, serving=app):
+        handle = await runs.run("triage", "stream this please", session_id="s2", stream=True)
+        result = await handle.result(timeout=10)
+    assert result.final_output == "reply to stream this please"
+    events = [event async for event in handle.events()]
+    deltas = "".join(e.data["delta"] for e in events if e.type == "message.delta")
+    assert deltas == "reply to stream this please"
+    kinds = [e.type for e in events if e.type != "message.delta"]
+    assert kinds == ["run.started", "agent.updated", "message", "run.completed"]
+
+
+async def test_tool_and_handoff_events_and_coordination(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings
+) -> None:
+    """The demo app on the offline model: a handoff and a tool call, as run events and as
+    lifecycle events on the coordination stream."""
+    from workers.demo import app as demo_app
+
+    runs = client_for(client, keys, agent_settings)
+    watcher = AgentCoordinator(client=client, keys=keys, consumer_group="watch")
+    await watcher.initialize()
+    async with running_worker(agent_settings, client, serving=demo_app):
+        handle = await runs.run("triage", "my invoice 1042 was charged twice", session_id="d1")
+        result = await handle.result(timeout=20)
+    assert result.status == "completed" and result.last_agent == "billing"
+    events = [event async for event in handle.events()]
+    kinds = [e.type for e in events]
+    assert kinds[0] == "run.started" and kinds[-1] == "run.completed"
+    assert {"type": "handoff", "data": {"from": "triage", "to": "billing"}} in [
+        {"type": e.type, "data": e.data} for e in events
+    ]
+    called = [e.data for e in events if e.type == "tool.called"]
+    assert called and called[0]["tool"] == "lookup_invoice"
+    assert any("invoice 1042" in str(e.data.get("output")) for e in events)
+    lifecycle = [e async for e in watcher.subscribe(timeout_ms=300, max_events=10)]
+    seen = {(str(e.type), e.session_id) for e in lifecycle}
+    assert ("agent_started", "d1") in seen and ("agent_completed", "d1") in seen
+    assert ("handoff_ready", "d1") in seen
+    completed = next(e for e in lifecycle if str(e.type) == "agent_completed")
+    assert completed.data["agent_name"] == "billing" and completed.data["tokens_used"] > 0

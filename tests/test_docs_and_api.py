@@ -15,7 +15,16 @@ from runtime.settings import iter_fields
 from runtime.settings.docs import render_example, render_reference
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["runtime", "runtime.redis", "runtime.settings", "runtime.cli"]
+PACKAGES = [
+    "runtime",
+    "runtime.agents",
+    "runtime.cli",
+    "runtime.redis",
+    "runtime.sessions",
+    "runtime.settings",
+    "runtime.supervisor",
+    "runtime.worker",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

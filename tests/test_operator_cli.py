@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import anyio
 import pytest
 import redis.asyncio
 
@@ -97,3 +98,36 @@ async def test_enqueue_refuses_bad_input(
     again = run_cli(*cli_args, "enqueue", "echo", "1", "--key", "k1")
     assert again.stdout.startswith(twice.stdout.strip()) and "duplicate" in again.stdout
     assert await client.xlen(keys.inbox("echo")) == 1
+
+
+async def test_submit_follows_a_run_to_its_result(
+    cli_args: list[str], client: redis.asyncio.Redis, keys: Keys, redis_url: str
+) -> None:
+    from workers.demo import app as demo_app
+
+    settings = make_settings(redis_url, keys.prefix)
+    async with running_worker(settings, client, "submit:0", serving=demo_app):
+        followed = await anyio.to_thread.run_sync(
+            lambda: run_cli(
+                *cli_args,
+                "submit",
+                "triage",
+                "invoice 1043 charged twice",
+                "--session",
+                "cli-1",
+                "--follow",
+                "--wait",
+                "30",
+            )
+        )
+        assert followed.returncode == 0, followed.stderr
+        assert "handoff triage → billing" in followed.stderr
+        assert "billing → lookup_invoice" in followed.stderr
+        assert "billing: (offline demo model)" in followed.stdout
+        plain = await anyio.to_thread.run_sync(
+            lambda: run_cli(*cli_args, "submit", "triage", "hello", "--wait", "30", "--json")
+        )
+    doc = json.loads(plain.stdout)
+    assert doc["status"] == "completed" and doc["agent"] == "triage"
+    bad = run_cli(*cli_args, "submit", "triage", "x", "--context", "[1]")
+    assert bad.returncode == 2 and "--context must be a JSON object" in bad.stderr

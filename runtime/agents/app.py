@@ -28,7 +28,7 @@ from agents.run_config import RunConfig
 
 from runtime.agents.execute import Resources, execute
 from runtime.agents.models import run_config_for
-from runtime.agents.protocol import RunEvent, RunRequest, RunResult
+from runtime.agents.protocol import RunRequest, RunResult
 from runtime.agents.runs import RunStore
 from runtime.agents.turns import SessionTurns
 from runtime.app import App, DeadLetterContext, TaskContext
@@ -134,7 +134,7 @@ class AgentApp(App):
             error_type="DeadLettered",
             submitted_at=request.submitted_at,
         )
-        await runs.finish(result, RunEvent(type="run.failed", data={"error": result.error}))
+        await runs.finish(result)
 
 
 def _publisher(client: redis.asyncio.Redis, keys: Any, stream_name: str) -> Any:

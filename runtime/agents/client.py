@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import redis.asyncio
 
 from runtime.agents.protocol import HandoffInfo, RunEvent, RunRequest, RunResult
@@ -63,25 +64,27 @@ class RunHandle:
             RunNotFound: the run is unknown.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        after = "0-0"
+        after = "0-0"  # a finished run's terminal event is already there: found at once
         while True:
-            record = await self._store.get(self.run_id)
-            if record is None:
-                raise RunNotFound(f"no run {self.run_id!r} (unknown, or its record expired)")
-            if record.status in ("completed", "failed", "cancelled"):
-                return record
             wait_ms = _BLOCK_MS
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    status = await self._store.get(self.run_id)
                     raise TimeoutError(
                         f"run {self.run_id} of {self.agent!r} did not end within {timeout:g} s "
-                        f"(status: {record.status}; is a worker serving {self.agent!r}?)"
+                        f"(status: {status.status if status else 'gone'}; is a worker serving "
+                        f"{self.agent!r}?)"
                     )
                 wait_ms = max(1, min(_BLOCK_MS, int(left * 1000)))
             events = await self._store.read_events(self.run_id, after, block_ms=wait_ms)
+            for event in events:
+                if event.terminal:  # it carries the whole result: no further read needed
+                    return msgspec.convert(event.data, RunResult)
             if events:
                 after = events[-1].id or after
+            elif await self._store.get(self.run_id) is None:
+                raise RunNotFound(f"run {self.run_id!r} disappeared (its record expired)")
 
     async def events(self, after: str = "0-0", *, follow: bool = True) -> AsyncIterator[RunEvent]:
         """The run's events in order, from just after the event id *after*.
@@ -133,15 +136,19 @@ class AgentClient:
         context: dict[str, Any] | None = None,
         max_turns: int | None = None,
         run_id: str | None = None,
+        stream: bool | None = None,
     ) -> RunHandle:
         """Submit a run of *agent* on *input*; runs of one *session_id* execute in submit order.
+
+        With *stream* the worker publishes text deltas (``message.delta`` events) as the model
+        writes; by default ``runs.stream_deltas`` decides.
 
         Raises:
             EnqueueError: bad agent name, session id or run id, or input that is not JSON.
         """
         return await self._submit(
             agent, input, session_id=session_id, context=context, max_turns=max_turns,
-            run_id=run_id, handoff=None,
+            run_id=run_id, handoff=None, stream=stream,
         )  # fmt: skip
 
     async def handoff(
@@ -157,7 +164,7 @@ class AgentClient:
         info = HandoffInfo(from_agent=from_agent, context=context or {}, event_id=event_id)
         return await self._submit(
             to_agent, None, session_id=session_id, context=context, max_turns=None,
-            run_id=None, handoff=info,
+            run_id=None, handoff=info, stream=None,
         )  # fmt: skip
 
     async def _submit(
@@ -170,7 +177,9 @@ class AgentClient:
         max_turns: int | None,
         run_id: str | None,
         handoff: HandoffInfo | None,
+        stream: bool | None,
     ) -> RunHandle:
+        fresh_id = run_id is None
         run_id = run_id or new_task_id()
         try:
             validate_name("agent", agent)
@@ -189,10 +198,11 @@ class AgentClient:
             context=context or {},
             max_turns=max_turns,
             handoff=handoff,
+            stream=stream,
             submitted_at=time.time(),
         )
-        if not await self._runs.create(request):
+        _, envelope = self._producer.build(agent, request, task_id=run_id)
+        inbox = self._keys.inbox(agent)
+        if await self._runs.submit(request, inbox, envelope, fresh_id=fresh_id) is None:
             raise EnqueueError(f"a run with id {run_id!r} exists already")
-        sent = await self._producer.enqueue(agent, request, task_id=run_id)
-        await self._runs.mark_enqueued(run_id, sent.entry_id)
         return RunHandle(self._runs, run_id, agent, session_id)

@@ -48,6 +48,8 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Handed to the agent's tools as the run context (``RunContextWrapper.context``)."""
     max_turns: int | None = None
     handoff: HandoffInfo | None = None
+    stream: bool | None = None
+    """Publish text deltas (``Runner.run_streamed``); ``None``: as ``runs.stream_deltas`` says."""
     submitted_at: float = 0.0
 
 

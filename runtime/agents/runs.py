@@ -9,7 +9,7 @@ write; the event stream is trimmed to about ``runs.events_maxlen``.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -20,7 +20,10 @@ from runtime.keys import Keys
 from runtime.redis.connection import translate_errors
 from runtime.settings.model import RunSettings
 
-__all__ = ["RunStore"]
+__all__ = ["Also", "RunStore"]
+
+Also = Callable[[Any], Awaitable[Any]] | None
+"""Adds commands to a pipeline (other keys, same round trip), e.g. a coordination event."""
 
 _encode = msgspec.json.Encoder().encode
 _event_decoder = msgspec.json.Decoder(RunEvent)
@@ -30,6 +33,34 @@ _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS: record, events. ARGV: ttl, maxlen, worker, now, started event, field, value, …
+# → 'done' (already over), 'cancel' (cancelled before it started) or 'ok' (now running).
+_BEGIN = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'completed' or status == 'failed' or status == 'cancelled' then return 'done' end
+if redis.call('HEXISTS', KEYS[1], 'cancel_requested') == 1 then return 'cancel' end
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[3], 'started_at', ARGV[4],
+           unpack(ARGV, 6))
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return 'ok'
+"""
+
+# KEYS: record, events. ARGV: ttl, maxlen, number of field/value pairs n, the n pairs, then
+# the events to append (the terminal one last).
+_FINISH = """
+local n = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + 2 * n))
+for i = 4 + 2 * n, #ARGV do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[i])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -53,11 +84,21 @@ class RunStore:
         self._ttl = settings.result_ttl_seconds
         self._maxlen = settings.events_maxlen
         self._create = client.register_script(_CREATE)
+        self._begin = client.register_script(_BEGIN)
+        self._finish = client.register_script(_FINISH)
         self._cancel = client.register_script(_CANCEL)
 
     # --- records ------------------------------------------------------------------------
-    async def create(self, request: RunRequest) -> bool:
-        """Record a submitted run (status ``queued``); ``False`` if the id exists already."""
+    async def submit(
+        self, request: RunRequest, inbox: str, envelope: bytes, *, fresh_id: bool = False
+    ) -> str | None:
+        """Record a submitted run and enqueue it, in one round trip (a pipeline).
+
+        The record is written first, then the work entry, then the ``enqueued`` mark, so a run
+        whose record says ``queued`` without the mark was never enqueued. Returns the entry id,
+        or ``None`` when a run with this id exists already (nothing is enqueued then). With
+        *fresh_id* (a random id made for this run) the existence check is skipped.
+        """
         fields: dict[str, Any] = {
             "status": "queued",
             "agent": request.agent,
@@ -68,30 +109,47 @@ class RunStore:
         args: list[Any] = [self._ttl]
         for name, value in fields.items():
             args += [name, value]
-        with translate_errors("record a run"):
-            return bool(await self._create(keys=[self._keys.run(request.run_id)], args=args))
+        record = self._keys.run(request.run_id)
+        with translate_errors("submit a run"):
+            if not fresh_id and not await self._create(keys=[record], args=args):
+                return None
+            async with self._client.pipeline(transaction=False) as pipe:
+                if fresh_id:  # a new random id cannot exist: record and enqueue in one trip
+                    await self._create(keys=[record], args=args, client=pipe)
+                pipe.xadd(inbox, {"envelope": envelope})
+                pipe.hset(record, "enqueued", 1)
+                replies = await pipe.execute()
+        entry_id = replies[-2]
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
-    async def mark_enqueued(self, run_id: str, entry_id: str | None) -> None:
-        with translate_errors("record a run"):
-            await self._client.hset(self._keys.run(run_id), "entry_id", entry_id or "delayed")
+    async def begin(
+        self, request: RunRequest, worker: str, agent: str, attempt: int, *, also: Also = None
+    ) -> str:
+        """Mark the run running and publish ``run.started``, unless it is over or cancelled.
 
-    async def start(self, run_id: str, request: RunRequest, worker: str) -> None:
-        """Mark the run running (creating the record when a publisher wrote none)."""
-        key = self._keys.run(run_id)
-        fields: Any = {
-            "status": "running",
+        Returns ``"ok"``, ``"done"`` (a redelivered entry of a finished run) or ``"cancel"``.
+        *also* may add writes of other keys to the same round trip (a pipeline).
+        """
+        now = time.time()
+        started = RunEvent(
+            type="run.started", data={"agent": agent, "worker": worker, "attempt": attempt}, at=now
+        )
+        fields = {
             "agent": request.agent,
             "session_id": request.session_id or "",
-            "worker": worker,
-            "started_at": time.time(),
-            "submitted_at": request.submitted_at or time.time(),
+            "submitted_at": request.submitted_at or now,
         }
-        with translate_errors("record a run"):
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=fields)
-                pipe.hincrby(key, "attempts", 1)
-                pipe.expire(key, self._ttl)
-                await pipe.execute()
+        args: list[Any] = [self._ttl, self._maxlen, worker, now, _encode(started)]
+        for name, value in fields.items():
+            args += [name, value]
+        keys = [self._keys.run(request.run_id), self._keys.run_events(request.run_id)]
+        with translate_errors("start a run"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                await self._begin(keys=keys, args=args, client=pipe)
+                if also is not None:
+                    await also(pipe)
+                state = (await pipe.execute())[0]
+        return state.decode() if isinstance(state, bytes) else str(state)
 
     async def get(self, run_id: str) -> RunResult | None:
         """The run's record, or ``None`` when unknown (or expired)."""
@@ -105,9 +163,9 @@ class RunStore:
         """The raw status fields of a run (empty when unknown)."""
         with translate_errors("read a run"):
             raw: Any = await self._client.hmget(
-                self._keys.run(run_id), ["status", "submitted_at", "entry_id", "cancel_requested"]
+                self._keys.run(run_id), ["status", "submitted_at", "enqueued", "cancel_requested"]
             )
-        names = ("status", "submitted_at", "entry_id", "cancel_requested")
+        names = ("status", "submitted_at", "enqueued", "cancel_requested")
         return {n: v.decode() for n, v in zip(names, raw, strict=True) if v is not None}
 
     async def request_cancel(self, run_id: str) -> bool:
@@ -131,8 +189,14 @@ class RunStore:
                 pipe.expire(key, self._ttl)
                 await pipe.execute()
 
-    async def finish(self, result: RunResult, event: RunEvent) -> None:
-        """Store the result and append the terminal event, atomically."""
+    async def finish(
+        self, result: RunResult, events: Sequence[RunEvent] = (), *, also: Also = None
+    ) -> None:
+        """Append *events* and the terminal event (which carries the result), and store the
+        result, atomically (one script); *also* may add other writes to the same round trip."""
+        event = RunEvent(
+            type=f"run.{result.status}", data=msgspec.structs.asdict(result), at=time.time()
+        )
         record = self._keys.run(result.run_id)
         stream = self._keys.run_events(result.run_id)
         fields: Any = {
@@ -145,12 +209,16 @@ class RunStore:
             "worker": result.worker or "",
             "finished_at": result.finished_at or time.time(),
         }
+        args: list[Any] = [self._ttl, self._maxlen, len(fields)]
+        for name, value in fields.items():
+            args += [name, value]
+        args += [_encode(earlier) for earlier in events]
+        args.append(_encode(event))
         with translate_errors("store a run result"):
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hset(record, mapping=fields)
-                pipe.xadd(stream, {"event": _encode(event)}, maxlen=self._maxlen, approximate=True)
-                pipe.expire(record, self._ttl)
-                pipe.expire(stream, self._ttl)
+            async with self._client.pipeline(transaction=False) as pipe:
+                await self._finish(keys=[record, stream], args=args, client=pipe)
+                if also is not None:
+                    await also(pipe)
                 await pipe.execute()
 
     async def read_events(

@@ -44,19 +44,21 @@ if not redis.call('HGET', KEYS[1], 'next') then redis.call('HSET', KEYS[1], 'nex
 return seq
 """
 
-# KEYS: turns, lease. ARGV: seq, token, lease ms
+# KEYS: turns, lease, session items. ARGV: seq, token, lease ms
+# → {state, next, blocking run id, its assign time, items held now}
 _TRY = """
 local nxt = tonumber(redis.call('HGET', KEYS[1], 'next') or '1')
 local seq = tonumber(ARGV[1])
 if seq > nxt then
   return {'wait', nxt, redis.call('HGET', KEYS[1], 'run:' .. nxt) or '',
-          redis.call('HGET', KEYS[1], 'at:' .. nxt) or '0'}
+          redis.call('HGET', KEYS[1], 'at:' .. nxt) or '0', 0}
 end
 local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[2] then return {'busy', nxt, '', '0'} end
+if holder and holder ~= ARGV[2] then return {'busy', nxt, '', '0', 0} end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-if seq < nxt then return {'passed', nxt, '', '0'} end
-return {'ok', nxt, '', '0'}
+local held = redis.call('LLEN', KEYS[3])
+if seq < nxt then return {'passed', nxt, '', '0', held} end
+return {'ok', nxt, '', '0', held}
 """
 
 # KEYS: turns. ARGV: n → move next past n, only if it is still n.
@@ -101,6 +103,8 @@ class Turn:
     seq: int | None
     lease_key: str
     token: str
+    items_before: int = 0
+    """Items the conversation held when the turn began (a retry rolls back to them)."""
 
     @property
     def fence(self) -> tuple[str, str]:
@@ -141,49 +145,57 @@ class SessionTurns:
         while True:
             with translate_errors("take a conversation's turn"):
                 reply: Any = await self._try(
-                    keys=[turns, lease], args=[order, token, self._lease_ms]
+                    keys=[turns, lease, self._keys.session_items(session_id)],
+                    args=[order, token, self._lease_ms],
                 )
-            state, nxt, blocker, assigned_at = (_text(x) for x in reply)
+            state, nxt, blocker, assigned_at, held = (_text(x) for x in reply)
             if state in ("ok", "passed"):
                 if state == "passed" and seq is not None:
                     log.warning("turn.passed", session=session_id, seq=seq, next=nxt)
-                return Turn(session_id, seq, lease, token)
-            if state == "wait" and await self._orphaned(blocker, float(assigned_at), runs):
-                log.warning("turn.skipped", session=session_id, seq=nxt, run=blocker)
-                with translate_errors("skip an orphaned turn"):
-                    await self._skip(keys=[turns], args=[int(nxt)])
-                continue
+                return Turn(session_id, seq, lease, token, items_before=int(held))
+            if state == "wait":
+                why = await self._over(blocker, float(assigned_at), runs)
+                if why is not None:
+                    # "finished": its worker is releasing the turn right now; "orphaned": it
+                    # can never come
+                    if why == "orphaned":
+                        log.warning("turn.skipped", session=session_id, seq=nxt, run=blocker)
+                    with translate_errors("skip a turn"):
+                        await self._skip(keys=[turns], args=[int(nxt)])
+                    continue
             if time.monotonic() >= deadline:
                 raise Defer(f"waiting for turn {nxt} of session {session_id!r}", delay=_DEFER)
             await anyio.sleep(_POLL)
 
-    async def _orphaned(self, run_id: str, assigned_at: float, runs: RunStore) -> bool:
-        """Whether the run holding up the turn is over or can never come."""
+    async def _over(self, run_id: str, assigned_at: float, runs: RunStore) -> str | None:
+        """Why the run holding up the turn will not take it: "finished", "orphaned" or None."""
         old = time.time() - assigned_at > ORPHAN_AFTER
-        if not run_id:
-            return old
-        status = await runs.status(run_id)
-        if not status:
-            return old  # no record: never submitted completely, or long expired
+        status = await runs.status(run_id) if run_id else {}
         if status.get("status") in TERMINAL_STATUS:
-            return True
+            return "finished"
+        if not status:  # no record: never submitted completely, or long expired
+            return "orphaned" if old else None
         submitted = float(status.get("submitted_at") or 0)
-        never_enqueued = status.get("status") == "queued" and "entry_id" not in status
-        return never_enqueued and time.time() - submitted > ORPHAN_AFTER
+        never_enqueued = status.get("status") == "queued" and "enqueued" not in status
+        return "orphaned" if never_enqueued and time.time() - submitted > ORPHAN_AFTER else None
 
     async def renew(self, turn: Turn) -> bool:
         """Extend the lease; ``False`` when it was lost (another attempt holds the session)."""
         with translate_errors("renew a conversation's lease"):
             return bool(await self._renew(keys=[turn.lease_key], args=[turn.token, self._lease_ms]))
 
-    async def release(self, turn: Turn, *, advance: bool = True) -> None:
+    async def release(self, turn: Turn, *, advance: bool = True, pipe: Any = None) -> None:
         """End the turn: free the lease and, with *advance*, let the next run start.
 
         Without *advance* (a retry is coming) the run keeps its place in the conversation.
+        With *pipe* the release is only queued on that pipeline.
         """
         turns = self._keys.session_turns(turn.session_id)
         order = turn.seq if turn.seq is not None else 0
         args: list[Any] = [order, turn.token, 1 if advance else 0]
+        if pipe is not None:
+            await self._finish(keys=[turns, turn.lease_key], args=args, client=pipe)
+            return
         with translate_errors("end a conversation's turn"):
             await self._finish(keys=[turns, turn.lease_key], args=args)
 

@@ -348,13 +348,17 @@ class RunSettings(Section, frozen=True, kw_only=True):
         Meta(ge=100, description="Approximate bound of one run's event stream."),
     ] = 10_000
     session_ttl_seconds: Annotated[
-        int | None,
+        Annotated[int, Meta(ge=1)] | None,
         Meta(description="Expire a conversation this long after its last write; unset: never."),
     ] = None
     stream_deltas: Annotated[
         bool,
-        Meta(description="Publish text deltas of model output on the run's event stream."),
-    ] = True
+        Meta(
+            description="Default for runs that do not say: run with `Runner.run_streamed` and "
+            "publish text deltas on the run's event stream (costs about 2 ms per run). A run "
+            "asks for it with `AgentClient.run(..., stream=True)` or `submit --follow`."
+        ),
+    ] = False
     coordination_stream: Annotated[
         str,
         Meta(

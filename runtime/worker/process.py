@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ from typing import TextIO
 import anyio
 import msgspec
 
-from runtime.app import load_app
+from runtime.app import App, load_app
 from runtime.errors import AgentsWorkerError
 from runtime.log import configure_logging, get_logger
 from runtime.redis.connection import open_redis
@@ -57,8 +58,7 @@ def _say(channel: TextIO | None, line: str) -> None:
             channel.write(line + "\n")
 
 
-async def _serve(app_spec: str, settings: Settings, consumer: str, channel: TextIO | None) -> int:
-    app = load_app(app_spec)
+async def _serve(app: App, settings: Settings, consumer: str, channel: TextIO | None) -> int:
     async with open_redis(settings) as conn:
         worker = Worker(
             app,
@@ -113,9 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             settings = load_settings()
         configure_logging(settings.observability.log_level, settings.observability.log_format)
+        app = load_app(args.app)
+        # The app and its libraries are loaded for good: keep the collector from walking them
+        # again and again (full collections of the SDK's objects stall runs for 100+ ms).
+        gc.freeze()
         channel = _status_channel(args.settings_stdin)
         consumer = args.consumer or consumer_name(args.slot)
-        return anyio.run(_serve, args.app, settings, consumer, channel)
+        return anyio.run(_serve, app, settings, consumer, channel)
     except AgentsWorkerError as exc:
         sys.stderr.write(f"worker {args.slot}: error: {exc}\n")
         return EXIT_FAILED

@@ -1,0 +1,163 @@
+"""What the runtime adds to one single-turn agent run.
+
+    python -m benchmarks.run_overhead [--runs 300]
+
+Side by side, on one embedded Redis Stack, the same agent, model and kind of session:
+
+- baseline: ``Runner.run(agent, text, session=AgentSession(...))`` in-process;
+- ours: ``AgentClient.run(...)`` → inbox stream → a worker process (``python -m runtime.worker``:
+  session turn, fenced session, run record, event stream, coordination events, ``Runner.run``)
+  → ``handle.result()``.
+
+The model answers at once with a fixed message (no network) and tracing is off on both sides,
+so the difference is the runtime's own cost. Goal: ≤ 1 ms p50 added. Writes
+benchmarks/results/run_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import redis.asyncio
+from agents import Agent, Model, ModelResponse, RunConfig, Runner, Usage
+from agents.testing import assistant_message
+
+from runtime import EmbeddedRedis, EmbeddedRedisSettings, Keys, load_settings
+from runtime.agents import AgentApp, AgentClient
+from runtime.sessions import AgentSession
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FixedModel(Model):
+    """Answers every call with the same message, at once."""
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        return ModelResponse(
+            output=[assistant_message("done")], usage=Usage(requests=1), response_id=None
+        )
+
+    async def stream_response(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+
+app = AgentApp("bench", agents=[Agent(name="bench", instructions="Answer.")], model=FixedModel())
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def _summary(samples: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in samples]
+    return {
+        "p50_ms": round(statistics.median(ms), 3),
+        "p99_ms": round(_percentile(ms, 0.99), 3),
+        "runs": len(ms),
+    }
+
+
+async def _baseline(client: redis.asyncio.Redis, keys: Keys, runs: int) -> list[float]:
+    agent = Agent(name="bench", instructions="Answer.", model=FixedModel())
+    config = RunConfig(tracing_disabled=True)  # as the worker runs without an OpenAI key
+    samples = []
+    for n in range(runs):
+        session = AgentSession(f"base-{n}", client, keys=keys)
+        began = time.perf_counter()
+        await Runner.run(agent, "hello", session=session, run_config=config)
+        samples.append(time.perf_counter() - began)
+    return samples
+
+
+async def _ours(url: str, client: redis.asyncio.Redis, keys: Keys, runs: int) -> list[float]:
+    settings = load_settings(env={}, overrides={"redis.url": url, "redis.key_prefix": keys.prefix})
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "AGENTS_WORKER_REDIS_URL": url,
+        "AGENTS_WORKER_REDIS_KEY_PREFIX": keys.prefix,
+        "AGENTS_WORKER_OBSERVABILITY_LOG_LEVEL": "WARNING",
+    }
+    worker = subprocess.Popen(  # noqa: ASYNC220 - started once, before timing
+        [sys.executable, "-m", "runtime.worker", "--app", "benchmarks.run_overhead:app"],
+        env=env,
+        cwd=ROOT,
+    )
+    runner = AgentClient(client, keys=keys, settings=settings)
+    samples = []
+    try:
+        for n in range(20):  # warm-up: the worker starts, scripts load, connections open
+            await (await runner.run("bench", "hello", session_id=f"warm-{n}")).result(60)
+        for n in range(runs):
+            began = time.perf_counter()
+            handle = await runner.run("bench", "hello", session_id=f"ours-{n}")
+            result = await handle.result(timeout=10)
+            samples.append(time.perf_counter() - began)
+            assert result.ok, result.error
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    return samples
+
+
+class _StreamingFixedModel(FixedModel):
+    """The worker streams: the same fixed answer, as stream events."""
+
+    async def stream_response(self, *args: Any, **kwargs: Any) -> Any:
+        from agents.testing import ModelStep, ScriptedModel
+
+        step = ModelStep(output=[assistant_message("done")], usage=Usage(requests=1))
+        async for event in ScriptedModel([step]).stream_response(*args, **kwargs):
+            yield event
+
+
+async def main(runs: int) -> None:
+    with tempfile.TemporaryDirectory() as data:
+        openssl = str(ROOT / ".agents-worker" / "openssl")
+        server = EmbeddedRedis(
+            EmbeddedRedisSettings(data_dir=data, appendonly=False, openssl_dir=openssl)
+        )
+        url = server.start().url
+        client = redis.asyncio.Redis.from_url(url)
+        try:
+            keys = Keys("bench")
+            baseline = _summary(await _baseline(client, keys, runs))
+            ours = _summary(await _ours(url, client, keys, runs))
+        finally:
+            await client.aclose()
+            server.stop()
+    added = ours["p50_ms"] - baseline["p50_ms"]
+    print(f"single-turn run, {runs} runs          p50 ms   p99 ms")
+    print(
+        f"Runner.run in-process + session    {baseline['p50_ms']:7.3f}  {baseline['p99_ms']:7.3f}"
+    )
+    print(f"through the runtime (submit→result) {ours['p50_ms']:7.3f}  {ours['p99_ms']:7.3f}")
+    verdict = "MET" if added <= 1.0 else "NOT MET"
+    print(f"added by the runtime: {added:.3f} ms p50 — goal ≤ 1 ms: {verdict}")
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    doc = {
+        "baseline": baseline,
+        "ours": ours,
+        "added_p50_ms": round(added, 3),
+        "goal_met": added <= 1,
+    }
+    (out / "run_overhead.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=300)
+    anyio.run(main, parser.parse_args().runs)
