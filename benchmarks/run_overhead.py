@@ -30,26 +30,22 @@ from typing import Any
 
 import anyio
 import redis.asyncio
-from agents import Agent, Model, ModelResponse, RunConfig, Runner, Usage
-from agents.testing import assistant_message
+from agents import Agent, RunConfig, Runner, Usage
+from agents.testing import ModelStep, assistant_message
 
 from runtime import EmbeddedRedis, EmbeddedRedisSettings, Keys, load_settings
 from runtime.agents import AgentApp, AgentClient
+from runtime.agents.models import StepModel
 from runtime.sessions import AgentSession
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class FixedModel(Model):
+class FixedModel(StepModel):
     """Answers every call with the same message, at once."""
 
-    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
-        return ModelResponse(
-            output=[assistant_message("done")], usage=Usage(requests=1), response_id=None
-        )
-
-    async def stream_response(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover
-        raise NotImplementedError
+    def step(self, *args: Any) -> ModelStep:
+        return ModelStep(output=[assistant_message("done")], usage=Usage(requests=1))
 
 
 app = AgentApp("bench", agents=[Agent(name="bench", instructions="Answer.")], model=FixedModel())
@@ -110,17 +106,6 @@ async def _ours(url: str, client: redis.asyncio.Redis, keys: Keys, runs: int) ->
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
     return samples
-
-
-class _StreamingFixedModel(FixedModel):
-    """The worker streams: the same fixed answer, as stream events."""
-
-    async def stream_response(self, *args: Any, **kwargs: Any) -> Any:
-        from agents.testing import ModelStep, ScriptedModel
-
-        step = ModelStep(output=[assistant_message("done")], usage=Usage(requests=1))
-        async for event in ScriptedModel([step]).stream_response(*args, **kwargs):
-            yield event
 
 
 async def main(runs: int) -> None:

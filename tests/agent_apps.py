@@ -9,30 +9,24 @@ saw), so tests can check what each model call saw across processes.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 import httpx2 as httpx
 import openai
 from agents import (
     Agent,
     Handoff,
-    Model,
-    ModelResponse,
-    ModelSettings,
-    ModelTracing,
     Tool,
     function_tool,
 )
-from agents.agent_output import AgentOutputSchemaBase
-from agents.items import TResponseInputItem, TResponseStreamEvent
-from agents.testing import ModelStep, ScriptedModel, assistant_message, function_call
+from agents.items import TResponseInputItem
+from agents.testing import ModelStep, assistant_message, function_call
 
 from runtime.agents import AgentApp
+from runtime.agents.models import StepModel
 
 
-class EchoModel(Model):
+class EchoModel(StepModel):
     """Answers from the input; ``behaviour`` picks a failure mode for the failure tests."""
 
     def __init__(self, behaviour: str = "echo", delay: float = 0.0) -> None:
@@ -41,7 +35,13 @@ class EchoModel(Model):
         self.calls: list[list[dict[str, Any]]] = []
         self.failures_left = 1
 
-    def _step(self, input: str | list[TResponseInputItem]) -> ModelStep:
+    def step(
+        self,
+        instructions: str | None,
+        input: str | list[TResponseInputItem],
+        tools: list[Tool],
+        handoffs: list[Handoff],
+    ) -> ModelStep:
         items = [{"role": "user", "content": input}] if isinstance(input, str) else list(input)
         self.calls.append([dict(i) for i in items])
         if self.behaviour == "raise":
@@ -63,53 +63,6 @@ class EchoModel(Model):
         else:
             text = f"reply to {text}"
         return ModelStep(output=[assistant_message(text, item_id=f"m{len(items)}")])
-
-    async def get_response(
-        self,
-        system_instructions: str | None,
-        input: str | list[TResponseInputItem],
-        model_settings: ModelSettings,
-        tools: list[Tool],
-        output_schema: AgentOutputSchemaBase | None,
-        handoffs: list[Handoff],
-        tracing: ModelTracing,
-        *,
-        previous_response_id: str | None,
-        conversation_id: str | None,
-        prompt: Any,
-    ) -> ModelResponse:
-        if self.delay:
-            await anyio.sleep(self.delay)
-        step = self._step(input)
-        return await ScriptedModel([step]).get_response(
-            system_instructions, input, model_settings, tools, output_schema, handoffs, tracing,
-            previous_response_id=previous_response_id, conversation_id=conversation_id,
-            prompt=prompt,
-        )  # fmt: skip
-
-    async def stream_response(
-        self,
-        system_instructions: str | None,
-        input: str | list[TResponseInputItem],
-        model_settings: ModelSettings,
-        tools: list[Tool],
-        output_schema: AgentOutputSchemaBase | None,
-        handoffs: list[Handoff],
-        tracing: ModelTracing,
-        *,
-        previous_response_id: str | None,
-        conversation_id: str | None,
-        prompt: Any,
-    ) -> AsyncIterator[TResponseStreamEvent]:
-        if self.delay:
-            await anyio.sleep(self.delay)
-        step = self._step(input)
-        async for event in ScriptedModel([step]).stream_response(
-            system_instructions, input, model_settings, tools, output_schema, handoffs, tracing,
-            previous_response_id=previous_response_id, conversation_id=conversation_id,
-            prompt=prompt,
-        ):  # fmt: skip
-            yield event
 
 
 @function_tool

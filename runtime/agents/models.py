@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import agents
+import anyio
 import openai
 from agents import (
     Handoff,
@@ -33,7 +34,13 @@ from agents.testing import ModelStep, ScriptedModel, assistant_message, function
 from runtime.errors import PermanentError, RetryLater
 from runtime.settings.model import ModelSettingsSection
 
-__all__ = ["DemoModel", "classify_model_error", "model_description", "run_config_for"]
+__all__ = [
+    "DemoModel",
+    "StepModel",
+    "classify_model_error",
+    "model_description",
+    "run_config_for",
+]
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset(
@@ -71,19 +78,23 @@ _STOP = frozenset(
 )
 
 
-class DemoModel(Model):
-    """A deterministic offline model for the demo and for trying the runtime without a key.
+class StepModel(Model):
+    """A model that decides each call's output in :meth:`step` (deterministic, offline).
 
-    Per call it decides, from what the agent offers and the conversation so far:
-
-    1. an agent with handoffs hands off to the one whose description shares most words with
-       the user's latest message (if any shares one);
-    2. an agent with tools that has not called one this turn calls the best-matching tool,
-       filling string arguments with the user's message and numbers with the first number in it;
-    3. otherwise it answers, quoting the tool results of this turn.
-
-    Its answers start with "(offline demo model)" so no one mistakes them for a real model's.
+    The SDK's ``ScriptedModel`` turns the step into a response or a stream of events, so a
+    subclass only says *what* to answer; ``delay`` makes every call take that long.
     """
+
+    delay: float = 0.0
+
+    def step(
+        self,
+        instructions: str | None,
+        input: str | list[TResponseInputItem],
+        tools: list[Tool],
+        handoffs: list[Handoff],
+    ) -> ModelStep:
+        raise NotImplementedError
 
     async def get_response(
         self,
@@ -99,7 +110,9 @@ class DemoModel(Model):
         conversation_id: str | None,
         prompt: Any,
     ) -> ModelResponse:
-        step = _decide(system_instructions, input, tools, handoffs)
+        if self.delay:
+            await anyio.sleep(self.delay)
+        step = self.step(system_instructions, input, tools, handoffs)
         return await ScriptedModel([step]).get_response(
             system_instructions, input, model_settings, tools, output_schema, handoffs, tracing,
             previous_response_id=previous_response_id, conversation_id=conversation_id,
@@ -120,13 +133,39 @@ class DemoModel(Model):
         conversation_id: str | None,
         prompt: Any,
     ) -> AsyncIterator[TResponseStreamEvent]:
-        step = _decide(system_instructions, input, tools, handoffs)
+        if self.delay:
+            await anyio.sleep(self.delay)
+        step = self.step(system_instructions, input, tools, handoffs)
         async for event in ScriptedModel([step]).stream_response(
             system_instructions, input, model_settings, tools, output_schema, handoffs, tracing,
             previous_response_id=previous_response_id, conversation_id=conversation_id,
             prompt=prompt,
         ):  # fmt: skip
             yield event
+
+
+class DemoModel(StepModel):
+    """A deterministic offline model for the demo and for trying the runtime without a key.
+
+    Per call it decides, from what the agent offers and the conversation so far:
+
+    1. an agent with handoffs hands off to the one whose description shares most words with
+       the user's latest message (if any shares one);
+    2. an agent with tools that has not called one this turn calls the best-matching tool,
+       filling string arguments with the user's message and numbers with the first number in it;
+    3. otherwise it answers, quoting the tool results of this turn.
+
+    Its answers start with "(offline demo model)" so no one mistakes them for a real model's.
+    """
+
+    def step(
+        self,
+        instructions: str | None,
+        input: str | list[TResponseInputItem],
+        tools: list[Tool],
+        handoffs: list[Handoff],
+    ) -> ModelStep:
+        return _decide(instructions, input, tools, handoffs)
 
 
 def _items(input: str | list[TResponseInputItem]) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ it happened entirely or not at all (``length()`` tells which).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from agents.memory.session import SessionABC
 
 from runtime.errors import KeyNameError
 from runtime.keys import Keys, hash_tag
-from runtime.redis.connection import create_client
+from runtime.redis.connection import create_client, translate_errors
 from runtime.sessions.codec import decode_item, encode_items, normalize
 from runtime.sessions.errors import (
     SessionError,
@@ -380,25 +381,47 @@ class BaseSession(SessionABC):
     async def _read(self, limit: int | None) -> list[TResponseInputItem]:
         """The latest *limit* items (all when ``None``; *limit* > 0), oldest first."""
 
-    @abstractmethod
+    # Both stores keep the same scripts (add, pop, trim, delete, create) over their keys.
+    _scripts: Any
+    _write_keys: tuple[str, ...]
+    _head: tuple[str, int, str]
+
+    def _guard(self, action: str) -> contextlib.AbstractContextManager[None]:
+        """Translate Redis errors met while doing *action* (a store may add its own)."""
+        return translate_errors(action)
+
     async def _append(self, encoded: list[bytes], expected: int) -> int:
-        """Append; the new length, FENCED, or CONFLICT when ``expected >= 0`` is not it."""
+        with self._guard("append session items"):
+            return int(
+                await self._scripts.add(
+                    keys=self._write_keys, args=[*self._head, expected, *encoded]
+                )
+            )
 
-    @abstractmethod
     async def _pop(self) -> tuple[int, bytes | str | None]:
-        """(FENCED, None), or (0, the newest item or None) after removing it."""
+        with self._guard("pop a session item"):
+            reply: list[Any] = await self._scripts.pop(keys=self._write_keys, args=self._head)
+        return int(reply[0]), (reply[1] if len(reply) > 1 else None)
 
-    @abstractmethod
     async def _trim(self, keep: int) -> int:
-        """Keep the first *keep* items; the length afterwards, or FENCED."""
+        with self._guard("trim session items"):
+            return int(await self._scripts.trim(keys=self._write_keys, args=[*self._head, keep]))
 
-    @abstractmethod
     async def _delete(self) -> int:
-        """Delete every key of the conversation but the lease; 0, or FENCED."""
+        with self._guard("delete a session"):
+            return int(await self._scripts.delete(keys=self._write_keys, args=self._head))
 
-    @abstractmethod
     async def _create(self, user_id: str | None) -> bool:
-        """Store the metadata of a new conversation; ``False`` when it exists already."""
+        _, ttl_ms, session_id = self._head  # creating is never fenced
+        args: list[str | int] = [
+            "",
+            ttl_ms,
+            session_id,
+            user_id or "",
+            str(int(user_id is not None)),
+        ]
+        with self._guard("create a session"):
+            return bool(await self._scripts.create(keys=self._write_keys, args=args))
 
     @abstractmethod
     async def _exists(self) -> bool: ...

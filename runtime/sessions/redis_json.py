@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 import redis.asyncio
@@ -235,38 +235,8 @@ class JSONSession(BaseSession):
             raw = await execute(self.client, "JSON.GET", self._doc_key, path)
         return decode_array(self.session_id, raw)
 
-    async def _append(self, encoded: list[bytes], expected: int) -> int:
-        with _errors("append session items"):
-            return int(
-                await self._scripts.add(
-                    keys=self._write_keys, args=[*self._head, expected, *encoded]
-                )
-            )
-
-    async def _pop(self) -> tuple[int, bytes | str | None]:
-        with _errors("pop a session item"):
-            reply: list[Any] = await self._scripts.pop(keys=self._write_keys, args=self._head)
-        return int(reply[0]), (reply[1] if len(reply) > 1 else None)
-
-    async def _trim(self, keep: int) -> int:
-        with _errors("trim session items"):
-            return int(await self._scripts.trim(keys=self._write_keys, args=[*self._head, keep]))
-
-    async def _delete(self) -> int:
-        with _errors("delete a session"):
-            return int(await self._scripts.delete(keys=self._write_keys, args=self._head))
-
-    async def _create(self, user_id: str | None) -> bool:
-        _, ttl_ms, session_id = self._head  # creating is never fenced
-        args: list[str | int] = [
-            "",
-            ttl_ms,
-            session_id,
-            user_id or "",
-            str(int(user_id is not None)),
-        ]
-        with _errors("create a session"):
-            return bool(await self._scripts.create(keys=self._write_keys, args=args))
+    def _guard(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return _errors(action)  # also: MissingModuleError when the JSON module is missing
 
     async def _exists(self) -> bool:
         with _errors("look up a session"):

@@ -200,39 +200,6 @@ class AgentSession(BaseSession):
             raw = await self.client.lrange(self._items_key, 0 if limit is None else -limit, -1)
         return decode_items(self.session_id, raw)
 
-    async def _append(self, encoded: list[bytes], expected: int) -> int:
-        with translate_errors("append session items"):
-            return int(
-                await self._scripts.add(
-                    keys=self._write_keys, args=[*self._head, expected, *encoded]
-                )
-            )
-
-    async def _pop(self) -> tuple[int, bytes | str | None]:
-        with translate_errors("pop a session item"):
-            reply: list[Any] = await self._scripts.pop(keys=self._write_keys, args=self._head)
-        return int(reply[0]), (reply[1] if len(reply) > 1 else None)
-
-    async def _trim(self, keep: int) -> int:
-        with translate_errors("trim session items"):
-            return int(await self._scripts.trim(keys=self._write_keys, args=[*self._head, keep]))
-
-    async def _delete(self) -> int:
-        with translate_errors("delete a session"):
-            return int(await self._scripts.delete(keys=self._write_keys, args=self._head))
-
-    async def _create(self, user_id: str | None) -> bool:
-        _, ttl_ms, session_id = self._head  # creating is never fenced
-        args: list[str | int] = [
-            "",
-            ttl_ms,
-            session_id,
-            user_id or "",
-            str(int(user_id is not None)),
-        ]
-        with translate_errors("create a session"):
-            return bool(await self._scripts.create(keys=self._write_keys, args=args))
-
     async def _exists(self) -> bool:
         with translate_errors("look up a session"):
             return bool(await self.client.exists(self._meta_key))
