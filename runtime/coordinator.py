@@ -41,6 +41,7 @@ from runtime.errors import CoordinatorError
 from runtime.keys import Keys
 from runtime.log import get_logger
 from runtime.redis.connection import translate_errors
+from runtime.settings.model import Settings
 
 __all__ = [
     "EVENT_FIELD",
@@ -228,7 +229,12 @@ class AgentCoordinator:
         maxlen: Each type stream is trimmed to about this many entries on publish.
         handoff_sink: Awaited with each handoff event before it is published; a string it
             returns (e.g. the id of the run it enqueued for the target agent) is published as
-            ``data["run_id"]``. An exception it raises stops the publish.
+            ``data["run_id"]``. An exception it raises stops the publish. Without one, a
+            published handoff enqueues a run of the target agent that continues the
+            conversation (:meth:`runtime.agents.AgentClient.handoff`), unless
+            *continue_handoffs* is false (workers announcing in-run handoffs set it so).
+        continue_handoffs: See *handoff_sink*.
+        settings: Settings of the runs it enqueues (run retention, entry size); defaults.
 
     Attributes:
         malformed: Entries of the coordination streams that could not be read as an event
@@ -248,6 +254,8 @@ class AgentCoordinator:
         keys: Keys | None = None,
         maxlen: int = 10_000,
         handoff_sink: HandoffSink | None = None,
+        continue_handoffs: bool = True,
+        settings: Settings | None = None,
     ) -> None:
         if maxlen < 1:
             raise CoordinatorError(f"maxlen must be at least 1, not {maxlen}")
@@ -267,6 +275,9 @@ class AgentCoordinator:
         )
         self.maxlen = maxlen
         self.handoff_sink = handoff_sink
+        if handoff_sink is None and continue_handoffs:
+            self.handoff_sink = self._continue_handoff
+        self._settings = settings
         self.malformed = 0
         self._owns_client = client is None
         self._url = redis_url if client is None else None
@@ -383,6 +394,24 @@ class AgentCoordinator:
             if run_id is not None:
                 event = msgspec.structs.replace(event, data={**event.data, "run_id": run_id})
         return await self.publish(event)
+
+    async def _continue_handoff(self, event: CoordinationEvent) -> str:
+        """Enqueue the run of the target agent that continues the conversation."""
+        from runtime.agents.client import AgentClient  # the agents build on this module
+
+        settings = self._settings or Settings()
+        settings = msgspec.structs.replace(
+            settings, redis=msgspec.structs.replace(settings.redis, key_prefix=self.keys.prefix)
+        )
+        client = AgentClient(self.client, keys=self.keys, settings=settings)
+        context = event.data.get("context")
+        handle = await client.handoff(
+            str(event.data["to_agent"]),
+            session_id=str(event.session_id),
+            from_agent=str(event.data["from_agent"]),
+            context=context if isinstance(context, dict) else {},
+        )
+        return handle.run_id
 
     async def publish_tool_result(
         self, tool_name: str, session_id: str, result: Any, execution_time_ms: float

@@ -46,6 +46,7 @@ async def make(core: redis.asyncio.Redis, core_url: str, keys: Keys) -> AsyncIte
     def factory(
         group: str | None = GROUP, consumer: str | None = None, *, own: bool = False, **kw: Any
     ) -> AgentCoordinator:
+        kw.setdefault("continue_handoffs", False)  # the coordinator alone (no agent runs)
         coordinator = AgentCoordinator(
             core_url,
             "agent_events",

@@ -142,7 +142,10 @@ def _publisher(client: redis.asyncio.Redis, keys: Any, stream_name: str) -> Any:
         from runtime.coordinator import AgentCoordinator
     except ImportError:  # pragma: no cover - the coordinator ships with the runtime
         return None
-    return AgentCoordinator(stream_name=stream_name, client=client, keys=keys)
+    # workers only announce in-run handoffs: those runs go on already
+    return AgentCoordinator(
+        stream_name=stream_name, client=client, keys=keys, continue_handoffs=False
+    )
 
 
 def _slug(name: str) -> str:
