@@ -151,7 +151,7 @@ async def _attempt(run: _Run, agent: Agent[Any]) -> None:
                     result = await _run(ctx, request, agent, res, session, writer, stream=stream)
             except Exception as exc:
                 outcome = exc
-        run = dataclasses.replace(run, pending=await writer.close(), writer=writer)
+        run.pending, run.writer = await writer.close(), writer
         tg.cancel_scope.cancel()
     outcome = watcher.stop or outcome
     if outcome is None:
