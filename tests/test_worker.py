@@ -198,7 +198,7 @@ async def test_idle_queue_recovers_orphans_without_new_traffic(
         took = time.monotonic() - orphaned_at
     assert sorted(await scratch_list(core, keys, "effects")) == sorted(s.task_id for s in sent)
     assert worker.stats.reclaimed == 5
-    assert 1.0 <= took < 1.0 + 1.5  # one lease, plus the reclaimer's tick
+    assert 1.0 <= took < 4.0  # one lease (1 s) plus the reclaimer's tick, with room for load
     removed = await worker.remove_dead_consumers(min_idle_ms=0)
     assert removed == ["dead-host:7"]  # it owns nothing any more
 
@@ -242,7 +242,11 @@ async def test_graceful_stop_lets_in_flight_finish(
 async def test_stop_after_grace_releases_entries_to_others_at_once(
     core: redis.asyncio.Redis, core_url: str, keys: Keys
 ) -> None:
-    slow = make_settings(core_url, keys.prefix, **{"worker.shutdown_grace_seconds": "0.2"})
+    slow = make_settings(
+        core_url,
+        keys.prefix,
+        **{"worker.shutdown_grace_seconds": "0.2", "worker.lease_seconds": "3"},
+    )
     producer = Producer(core, keys=keys, settings=slow)
     for _ in range(3):
         await producer.enqueue("slow", 30)
@@ -252,12 +256,12 @@ async def test_stop_after_grace_releases_entries_to_others_at_once(
     assert time.monotonic() - began < 3
     pending = await core.xpending_range(keys.inbox("slow"), "workers", "-", "+", 10)
     assert len(pending) == 3
-    assert all(p["time_since_delivered"] >= 1000 for p in pending)  # released: idle = lease
+    assert all(p["time_since_delivered"] >= 3000 for p in pending)  # released: idle = lease
     assert all(p["times_delivered"] == 0 for p in pending)  # the cancelled try is not counted
     await core.delete(keys.scratch("started"))
     async with running_worker(slow, core, "test:1") as other:
         took = await wait_until(lambda: _count(core, keys, "started", 3), what="the takeover")
-        assert took < 0.8  # at once, not after another lease
+        assert took < 2.0  # at once, not after another lease (3 s)
         assert other.stats.reclaimed == 3
 
 
