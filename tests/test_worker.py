@@ -402,6 +402,14 @@ async def test_handler_timeout_is_a_retryable_failure(
     assert await scratch_list(core, keys, "effects") == []
 
 
+async def _answers(client: redis.asyncio.Redis) -> bool:
+    """PING on a pool whose connections the restart broke: False until one answers."""
+    try:
+        return bool(await client.ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
 async def test_worker_rides_out_a_redis_restart(tmp_path: Path, key_prefix: str) -> None:
     """Redis goes away for a second (with its AOF): the worker waits, then goes on."""
     import socket
@@ -425,6 +433,7 @@ async def test_worker_rides_out_a_redis_restart(tmp_path: Path, key_prefix: str)
             await anyio.to_thread.run_sync(server.stop)
             await anyio.sleep(1.0)
             await anyio.to_thread.run_sync(server.start)
+            await wait_until(lambda: _answers(client), what="the test's own client back")
             second = await producer.enqueue("echo", 2)
             await wait_until(lambda: _count(client, keys, "effects", 2), limit=15, what="after")
             assert worker.stop_reason is None  # it never gave up
