@@ -269,3 +269,18 @@ async def test_tool_and_handoff_events_and_coordination(
     assert ("handoff_ready", "d1") in seen
     completed = next(e for e in lifecycle if str(e.type) == "agent_completed")
     assert completed.data["agent_name"] == "billing" and completed.data["tokens_used"] > 0
+
+
+async def test_run_timeout_is_not_cut_short_by_the_task_timeout(
+    client: redis.asyncio.Redis, keys: Keys, redis_url: str
+) -> None:
+    settings = make_settings(
+        redis_url,
+        keys.prefix,
+        **{"worker.task_timeout_seconds": "0.2", "runs.timeout_seconds": "5"},
+    )
+    app, _ = make_app(delay=0.5)
+    runs = client_for(client, keys, settings)
+    async with running_worker(settings, client, serving=app):
+        result = await (await runs.run("triage", "slowish", session_id="t")).result(timeout=10)
+    assert result.status == "completed"  # the run's own limit governs, not the core's 0.2 s

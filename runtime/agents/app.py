@@ -40,6 +40,8 @@ __all__ = ["AgentApp"]
 
 log = get_logger(__name__)
 
+_CORE_TIMEOUT = 7 * 24 * 3600.0
+
 
 class AgentApp(App):
     """Serve *agents* (and run them on the SDK ``Runner``) in worker processes."""
@@ -52,6 +54,8 @@ class AgentApp(App):
         model: Model | str | None = None,
         timeout: float | None = None,
     ) -> None:
+        """*timeout*: a hard limit per run attempt in the worker core, above the run's own
+        ``runs.timeout_seconds`` (which ends a run with a clear ``failed`` result)."""
         super().__init__(name=name)
         self.agents: dict[str, Agent[Any]] = {}
         self.model = model
@@ -74,7 +78,14 @@ class AgentApp(App):
         async def handle(ctx: TaskContext, request: RunRequest) -> None:
             await execute(ctx, request, agent, self._resources_for(ctx))
 
-        self.add_handler(agent.name, handle, timeout=timeout, on_dead_letter=self._dead_lettered)
+        # A run ends itself after runs.timeout_seconds with a clear error; the worker core's
+        # per-entry timeout (worker.task_timeout_seconds) must not cut it off first.
+        self.add_handler(
+            agent.name,
+            handle,
+            timeout=timeout or _CORE_TIMEOUT,
+            on_dead_letter=self._dead_lettered,
+        )
 
     def _check_handoffs(self) -> None:
         for agent in self.agents.values():
