@@ -141,6 +141,11 @@ class BaseSession(SessionABC):
         )
         self._owns_client = False
         self._closed = False
+        self._bind()
+
+    @abstractmethod
+    def _bind(self) -> None:
+        """Set the store's keys (``_write_keys``…) and scripts (``_scripts``)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.session_id!r}, keys={self.keys!r})"

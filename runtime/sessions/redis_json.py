@@ -14,6 +14,7 @@ Stack): without it every call raises :class:`~runtime.errors.MissingModuleError`
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,14 +24,12 @@ import redis.asyncio
 from redis.commands.core import AsyncScript
 
 from runtime.errors import MissingModuleError, RedisCommandError
-from runtime.keys import Keys
 from runtime.redis.connection import execute, translate_errors
-from runtime.sessions.base import LUA_PRELUDE, BaseSession, Fence, SessionInfo
+from runtime.sessions.base import LUA_PRELUDE, BaseSession, SessionInfo
 from runtime.sessions.codec import corrupt, decode_array
 
 if TYPE_CHECKING:
     from agents.items import TResponseInputItem
-    from agents.memory import SessionSettings
 
 __all__ = ["JSONSession"]
 
@@ -157,6 +156,10 @@ def _errors(action: str) -> Iterator[None]:
         raise
 
 
+# Scripts registered per client (sessions are made per run; registering hashes every script).
+_registered: weakref.WeakKeyDictionary[redis.asyncio.Redis, _Scripts] = weakref.WeakKeyDictionary()
+
+
 @dataclass(frozen=True)
 class _Scripts:
     add: AsyncScript
@@ -168,6 +171,13 @@ class _Scripts:
 
     @classmethod
     def register(cls, client: redis.asyncio.Redis) -> _Scripts:
+        cached = _registered.get(client)
+        if cached is None:
+            cached = _registered[client] = cls._make(client)
+        return cached
+
+    @classmethod
+    def _make(cls, client: redis.asyncio.Redis) -> _Scripts:
         return cls(
             add=client.register_script(_ADD),
             pop=client.register_script(_POP),
@@ -203,27 +213,10 @@ class JSONSession(BaseSession):
 
     kind = "JSONSession"
 
-    def __init__(
-        self,
-        session_id: str,
-        client: redis.asyncio.Redis,
-        *,
-        keys: Keys | None = None,
-        ttl: float | None = None,
-        session_settings: SessionSettings | None = None,
-        fence: Fence | None = None,
-    ) -> None:
-        super().__init__(
-            session_id,
-            client,
-            keys=keys,
-            ttl=ttl,
-            session_settings=session_settings,
-            fence=fence,
-        )
-        self._doc_key = self.keys.session_doc(session_id)
+    def _bind(self) -> None:
+        self._doc_key = self.keys.session_doc(self.session_id)
         self._write_keys = (self._doc_key, self.lease_key)
-        self._scripts = _Scripts.register(client)
+        self._scripts = _Scripts.register(self.client)
 
     async def length(self) -> int:
         self._check_open()

@@ -14,20 +14,19 @@ Reads are one LRANGE; every write is one Lua script (fence check, change, metada
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
 from redis.commands.core import AsyncScript
 
-from runtime.keys import Keys
 from runtime.redis.connection import translate_errors
-from runtime.sessions.base import LUA_PRELUDE, BaseSession, Fence, SessionInfo
+from runtime.sessions.base import LUA_PRELUDE, BaseSession, SessionInfo
 from runtime.sessions.codec import decode_items, text
 
 if TYPE_CHECKING:
     from agents.items import TResponseInputItem
-    from agents.memory import SessionSettings
 
 __all__ = ["AgentSession"]
 
@@ -125,6 +124,10 @@ return {n, redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)}
 """
 
 
+# Scripts registered per client (sessions are made per run; registering hashes every script).
+_registered: weakref.WeakKeyDictionary[redis.asyncio.Redis, _Scripts] = weakref.WeakKeyDictionary()
+
+
 @dataclass(frozen=True)
 class _Scripts:
     add: AsyncScript
@@ -136,6 +139,13 @@ class _Scripts:
 
     @classmethod
     def register(cls, client: redis.asyncio.Redis) -> _Scripts:
+        cached = _registered.get(client)
+        if cached is None:
+            cached = _registered[client] = cls._make(client)
+        return cached
+
+    @classmethod
+    def _make(cls, client: redis.asyncio.Redis) -> _Scripts:
         return cls(
             add=client.register_script(_ADD),
             pop=client.register_script(_POP),
@@ -167,28 +177,11 @@ class AgentSession(BaseSession):
 
     kind = "AgentSession"
 
-    def __init__(
-        self,
-        session_id: str,
-        client: redis.asyncio.Redis,
-        *,
-        keys: Keys | None = None,
-        ttl: float | None = None,
-        session_settings: SessionSettings | None = None,
-        fence: Fence | None = None,
-    ) -> None:
-        super().__init__(
-            session_id,
-            client,
-            keys=keys,
-            ttl=ttl,
-            session_settings=session_settings,
-            fence=fence,
-        )
-        self._meta_key = self.keys.session(session_id)
-        self._items_key = self.keys.session_items(session_id)
+    def _bind(self) -> None:
+        self._meta_key = self.keys.session(self.session_id)
+        self._items_key = self.keys.session_items(self.session_id)
         self._write_keys = (self._meta_key, self._items_key, self.lease_key)
-        self._scripts = _Scripts.register(client)
+        self._scripts = _Scripts.register(self.client)
 
     async def length(self) -> int:
         self._check_open()
