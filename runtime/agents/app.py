@@ -107,7 +107,10 @@ class AgentApp(App):
             res = Resources(
                 runs=RunStore(ctx.redis, ctx.keys, settings.runs),
                 turns=SessionTurns(
-                    ctx.redis, ctx.keys, lease_seconds=settings.worker.lease_seconds
+                    ctx.redis,
+                    ctx.keys,
+                    lease_seconds=settings.worker.lease_seconds,
+                    session_ttl=settings.runs.session_ttl_seconds,
                 ),
                 run_config=config,
                 model_note=note,
@@ -145,7 +148,7 @@ class AgentApp(App):
             error_type="DeadLettered",
             submitted_at=request.submitted_at,
         )
-        await runs.finish(result)
+        await runs.store(result)
 
 
 def _publisher(client: redis.asyncio.Redis, keys: Any, stream_name: str) -> Any:

@@ -188,13 +188,11 @@ class AgentClient:
                 validate_name("session", session_id)
         except KeyNameError as exc:
             raise EnqueueError(str(exc)) from None
-        seq = await self._turns.assign(session_id, run_id) if session_id is not None else None
         request = RunRequest(
             run_id=run_id,
             agent=agent,
             input=input,
             session_id=session_id,
-            seq=seq,
             context=context or {},
             max_turns=max_turns,
             handoff=handoff,
@@ -203,6 +201,9 @@ class AgentClient:
         )
         _, envelope = self._producer.build(agent, request, task_id=run_id)
         inbox = self._keys.inbox(agent)
-        if await self._runs.submit(request, inbox, envelope, fresh_id=fresh_id) is None:
+        turns, sid = self._turns, session_id
+        # the run's number in its conversation is drawn in the same round trip
+        also = None if sid is None else (lambda pipe: turns.assign(pipe, sid, run_id))
+        if await self._runs.submit(request, inbox, envelope, fresh_id=fresh_id, also=also) is None:
             raise EnqueueError(f"a run with id {run_id!r} exists already")
         return RunHandle(self._runs, run_id, agent, session_id)

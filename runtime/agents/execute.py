@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -33,15 +32,16 @@ from agents.run_config import RunConfig
 from agents.stream_events import StreamEvent
 from openai.types.responses import ResponseTextDeltaEvent
 
+from runtime.agents.conversation import TurnSession
 from runtime.agents.models import classify_model_error
 from runtime.agents.protocol import RunEvent, RunRequest, RunResult
 from runtime.agents.runs import RunStore
-from runtime.agents.turns import SessionTurns, Turn
+from runtime.agents.turns import NOT_OURS, SessionTurns, Turn, check_end
 from runtime.app import TaskContext
 from runtime.coordinator import EVENT_FIELD, CoordinationEvent, EventType
 from runtime.errors import RetryLater
 from runtime.log import get_logger
-from runtime.sessions import AgentSession
+from runtime.redis.connection import translate_errors
 
 __all__ = ["Resources", "execute"]
 
@@ -71,13 +71,13 @@ class _Run:
     ctx: TaskContext
     request: RunRequest
     res: Resources
+    agent: str
+    started_at: float
     turn: Turn | None = None
-    started_at: float | None = None
-    pending: list[RunEvent] = dataclasses.field(default_factory=list)
-    """Events not written yet: they go out with the result."""
+    session: TurnSession | None = None
     writer: _EventWriter | None = None
-    released: bool = False
-    """The turn was released together with the result."""
+    ended: bool = False
+    """The turn was ended together with the result."""
 
 
 class _Cancelled(Exception):
@@ -90,83 +90,71 @@ class _LeaseLost(Exception):
 
 async def execute(ctx: TaskContext, request: RunRequest, agent: Agent[Any], res: Resources) -> None:
     """Run *request* with *agent* and record its outcome (see the module docstring)."""
-    turn: Turn | None = None
+    run = _Run(ctx, request, res, agent.name, time.time())
     if request.session_id is not None:
         token = f"{request.run_id}:{os.urandom(4).hex()}"
-        turn = await res.turns.acquire(request.session_id, request.seq, token, res.runs)
-    run = _Run(ctx, request, res, turn, time.time())
+        run.turn = await res.turns.acquire(
+            request.session_id, request.run_id, token, res.runs,
+            seq=request.seq, submitted_at=request.submitted_at,
+        )  # fmt: skip
+        state = run.turn.state
+        run.started_at = time.time()  # the run starts once it has its turn
+        if run.turn.passed and state == "ok":
+            log.warning("turn.passed", session=request.session_id, run=request.run_id)
+    else:
+        state = await res.runs.may_start(request.run_id)
     advance = True
     try:
-        await _attempt(run, agent)
+        await _attempt(run, agent, state)
     except RetryLater:
         advance = False  # the retry keeps this run's place in the conversation
         raise
     finally:
-        if turn is not None and not run.released:
+        if run.turn is not None and not run.ended:
             with anyio.CancelScope(shield=True):
-                await res.turns.release(turn, advance=advance)
+                code = await res.turns.end(run.turn, advance=advance)
+            if code == NOT_OURS:
+                log.warning("turn.lost", session=request.session_id, run=request.run_id)
 
 
-async def _attempt(run: _Run, agent: Agent[Any]) -> None:
-    ctx, request, res, turn = run.ctx, run.request, run.res, run.turn
-    started = _coordination(
-        res,
-        EventType.AGENT_STARTED,
-        request,
-        agent_name=agent.name,
-        input_summary=_summary(request),
-    )
-    state = await res.runs.begin(
-        request, ctx.consumer, agent.name, ctx.attempt + 1, also=_also(res, started)
-    )
+async def _attempt(run: _Run, agent: Agent[Any], state: str) -> None:
+    ctx, request, res = run.ctx, run.request, run.res
     if state == "done":
         log.info("run.already_finished", run=request.run_id)
         return
     if state == "cancel":
         await _finish(run, "cancelled", error="cancelled before it started")
         return
-    session = None
-    if turn is not None:
-        session = AgentSession(
-            turn.session_id,
-            ctx.redis,
-            keys=ctx.keys,
-            ttl=ctx.settings.runs.session_ttl_seconds,
-            fence=turn.fence,
-        )
+    if run.turn is not None:
+        run.session = run.turn.session()
     began = time.monotonic()
     limit = ctx.settings.runs.timeout_seconds
     stream = request.stream if request.stream is not None else ctx.settings.runs.stream_deltas
-    writer = _EventWriter(res, request, linger=0.0 if stream else _LINGER)
+    writer = run.writer = _EventWriter(run, linger=0.0 if stream else _LINGER)
     outcome: BaseException | None = None
     result: Any = None
     async with anyio.create_task_group() as tg:
         tg.start_soon(writer.run)
         run_scope = anyio.CancelScope()
-        watcher = _Watcher(request, res, turn, run_scope)
+        watcher = _Watcher(request, res, run.turn, run_scope)
         tg.start_soon(watcher.run)
         with run_scope:
             try:
                 with anyio.fail_after(limit):
-                    result = await _run(ctx, request, agent, res, session, writer, stream=stream)
+                    result = await _run(ctx, request, agent, res, run, stream=stream)
             except Exception as exc:
                 outcome = exc
-        run.pending, run.writer = await writer.close(), writer
+        await writer.close()
         tg.cancel_scope.cancel()
     outcome = watcher.stop or outcome
     if outcome is None:
         await _completed(run, result, began)
         return
-    await _settle_failure(run, session, turn, outcome, limit)
+    await _settle_failure(run, outcome, limit)
 
 
-async def _settle_failure(
-    run: _Run,
-    session: AgentSession | None,
-    turn: Turn | None,
-    outcome: BaseException,
-    limit: float,
-) -> None:
+async def _settle_failure(run: _Run, outcome: BaseException, limit: float) -> None:
+    """End an attempt that did not complete; its conversation is left as it was."""
     if isinstance(outcome, _Cancelled):
         await _finish(run, "cancelled", error="cancelled while running")
     elif isinstance(outcome, _LeaseLost):
@@ -178,24 +166,23 @@ async def _settle_failure(
     else:
         decision = classify_model_error(outcome)
         if isinstance(decision, RetryLater):
-            if session is not None and turn is not None:
-                await session.rollback_to(turn.items_before)  # the retry starts from here
-            event = RunEvent(type="run.retrying", data={"error": str(decision)}, at=time.time())
-            await run.res.runs.emit(run.request.run_id, [event])
+            # nothing of this attempt is in the conversation: the retry starts from the same
+            # history; its events so far are kept, with a note
+            events = run.writer.pending() if run.writer is not None else []
+            note = {"error": str(decision)}
+            events.append(RunEvent(type="run.retrying", data=note, at=time.time()))
+            runs, run_id = run.res.runs, run.request.run_id
+            await runs.write(lambda pipe: runs.emit(pipe, run_id, events))
             raise decision from outcome
         await _failed(run, f"{type(outcome).__name__}: {outcome}", type(outcome).__name__)
 
 
 async def _run(
-    ctx: TaskContext,
-    request: RunRequest,
-    agent: Agent[Any],
-    res: Resources,
-    session: AgentSession | None,
-    writer: _EventWriter,
-    *,
+    ctx: TaskContext, request: RunRequest, agent: Agent[Any], res: Resources, run: _Run, *,
     stream: bool,
-) -> Any:
+) -> Any:  # fmt: skip
+    session, writer = run.session, run.writer
+    assert writer is not None
     config = dataclasses.replace(
         res.run_config,
         group_id=request.session_id,
@@ -233,18 +220,21 @@ class _EventWriter:
 
     The run appends without waiting. A run that streams deltas has its events written at
     once; a plain run's events wait up to ``_LINGER`` seconds, so a quick run's events go out
-    with its result in one atomic write (:meth:`close` hands back what is left) while a long
-    run's events still appear live.
+    with its result in one atomic write (:meth:`pending` hands back what is left) while a
+    long run's events still appear live. The first write also marks the run running and
+    publishes ``AGENT_STARTED``; a run that ends before it does both with its result.
     """
 
-    def __init__(self, res: Resources, request: RunRequest, *, linger: float) -> None:
-        self._res = res
-        self._request = request
-        self._buffer: list[RunEvent] = []
+    def __init__(self, run: _Run, *, linger: float) -> None:
+        self._run = run
+        started = {"agent": run.agent, "worker": run.ctx.consumer, "attempt": run.ctx.attempt + 1}
+        self._buffer = [RunEvent(type="run.started", data=started, at=run.started_at)]
         self._wake = anyio.Event()
         self._closed = False
         self._done = anyio.Event()
         self._live_at = time.monotonic() + linger
+        self.begun = False
+        """The record says running and ``AGENT_STARTED`` went out."""
 
     def add(self, kind: str, **data: Any) -> None:
         self._buffer.append(RunEvent(type=kind, data=data, at=time.time()))
@@ -254,6 +244,7 @@ class _EventWriter:
     async def run(self) -> None:
         try:
             await anyio.sleep_until(self._live_at)
+            self._wake.set()  # what came during the linger
             while not self._closed:
                 await self._wake.wait()
                 self._wake = anyio.Event()
@@ -267,27 +258,30 @@ class _EventWriter:
     async def _write(self, batch: list[RunEvent]) -> None:
         if not batch:
             return
+        run = self._run
+        started = None if self.begun else _started(run)
+
+        def fill(pipe: Any) -> None:
+            if started is not None:
+                run.res.runs.begin(pipe, run.request, run.ctx.consumer, run.started_at)
+            run.res.runs.emit(pipe, run.request.run_id, batch)
+            _publish(run.res, pipe, [started, *_handoffs(run, batch)])
+
         try:
-            await self._res.runs.emit(self._request.run_id, batch)
+            await run.res.runs.write(fill)
         except Exception as exc:  # events are best effort; the result is not
-            log.warning("run.events_lost", run=self._request.run_id, error=str(exc))
-        await self.after_write(batch)
+            log.warning("run.events_lost", run=run.request.run_id, error=str(exc))
+        self.begun = True
 
-    async def after_write(self, batch: list[RunEvent]) -> None:
-        """Publish the handoffs among *batch* on the coordination stream."""
-        for event in batch:
-            if event.type == "handoff":
-                await _publish(
-                    self._res, "handoff_ready", str(event.data.get("from")), self._request,
-                    to_agent=event.data.get("to"),
-                )  # fmt: skip
-
-    async def close(self) -> list[RunEvent]:
-        """Stop the background writes; return the events not written yet, in order."""
+    async def close(self) -> None:
+        """Stop the background writes (letting one in flight finish)."""
         self._closed = True
         self._wake.set()
         if time.monotonic() >= self._live_at:  # it may be writing: let that write finish
             await self._done.wait()
+
+    def pending(self) -> list[RunEvent]:
+        """The events not written yet, in order (after :meth:`close`)."""
         pending, self._buffer = self._buffer, []
         return pending
 
@@ -399,7 +393,7 @@ async def _completed(run: _Run, result: Any, began: float) -> None:
         run.res, EventType.AGENT_COMPLETED, run.request, agent_name=last_agent, **details
     )
     await _finish(
-        run, "completed", coordination=completed,
+        run, "completed", coordination=completed, session=run.session,
         final_output=output if _jsonable(output) else str(output),
         last_agent=last_agent, usage=usage,
     )  # fmt: skip
@@ -423,9 +417,12 @@ async def _finish(
     error: str | None = None,
     error_type: str | None = None,
     coordination: CoordinationEvent | None = None,
+    session: TurnSession | None = None,
 ) -> None:
-    """Store the result; in the same round trip publish *coordination* and end the turn."""
-    request = run.request
+    """End the attempt in one round trip: end the turn (writing what *session* changed: only
+    a completed run's items go into the conversation), store the result with the events not
+    written yet, and publish the coordination events."""
+    request, res, writer = run.request, run.res, run.writer
     result = RunResult(
         run_id=request.run_id,
         status=status,  # type: ignore[arg-type]
@@ -438,45 +435,57 @@ async def _finish(
         error_type=error_type,
         worker=run.ctx.consumer,
         submitted_at=request.submitted_at,
-        started_at=run.started_at,
+        started_at=run.started_at if writer is not None else None,
         finished_at=time.time(),
     )
+    pending = writer.pending() if writer is not None else []
+    begun = writer is None or writer.begun
     turn = run.turn
+    events = [None if begun else _started(run), *_handoffs(run, pending), coordination]
 
-    async def also(pipe: Any) -> None:
-        await _also(run.res, coordination)(pipe)
-        if turn is not None:
-            await run.res.turns.release(turn, pipe=pipe)
+    def fill(pipe: Any) -> None:
+        if turn is not None:  # first: the history is complete when the result appears
+            res.turns.queue_end(pipe, turn, session)
+        res.runs.finish(pipe, result, pending, count_attempt=not begun)
+        _publish(res, pipe, events)
 
-    await run.res.runs.finish(result, run.pending, also=also)
-    run.released = True
-    if run.writer is not None and run.pending:
-        await run.writer.after_write(run.pending)
+    replies = await res.runs.write(fill)
+    run.ended = True
+    stored = replies[1 if turn is not None else 0]
+    for reply in replies:
+        if isinstance(reply, Exception):
+            with translate_errors("store a run result"):
+                raise reply
+    if turn is not None and (why := check_end(turn.session_id, replies[0])) is not None:
+        log.warning("run.turn_not_written", run=request.run_id, why=why)
+    if not stored:
+        log.warning("run.finished_elsewhere", run=request.run_id)
+        return
     log.info("run.finished", run=request.run_id, status=status, error=error)
 
 
-async def _publish(res: Resources, kind: str, agent: str, request: RunRequest, **data: Any) -> None:
-    """Publish a lifecycle event on the coordination stream; a failure is logged, not raised."""
-    if res.publisher is None:
-        return
-    session = request.session_id or ""
-    try:
-        if kind == "agent_started":
-            await res.publisher.publish_agent_started(agent, session, _summary(request))
-        elif kind == "agent_completed":
-            await res.publisher.publish_agent_completed(
-                agent, session, data["output_summary"], data["duration_ms"], data["tokens_used"]
-            )
-        elif kind == "error":
-            await res.publisher.publish_error(
-                session, data["error_type"], data["error_message"], agent_name=agent
-            )
-        elif kind == "handoff_ready":
-            await res.publisher.publish_handoff_ready(
-                agent, str(data["to_agent"]), session, {"run_id": request.run_id, "in_run": True}
-            )
-    except Exception as exc:
-        log.warning("coordination.publish_failed", kind=kind, error=str(exc))
+def _started(run: _Run) -> CoordinationEvent | None:
+    return _coordination(
+        run.res, EventType.AGENT_STARTED, run.request,
+        agent_name=run.agent, input_summary=_summary(run.request),
+    )  # fmt: skip
+
+
+def _handoffs(run: _Run, events: list[RunEvent]) -> list[CoordinationEvent | None]:
+    """``HANDOFF_READY`` for the in-run handoffs among *events* (the run goes on itself)."""
+    context = {"run_id": run.request.run_id, "in_run": True}
+    return [
+        _coordination(
+            run.res,
+            EventType.HANDOFF_READY,
+            run.request,
+            from_agent=str(event.data.get("from")),
+            to_agent=event.data.get("to"),
+            context=context,
+        )
+        for event in events
+        if event.type == "handoff"
+    ]
 
 
 def _coordination(
@@ -490,20 +499,17 @@ def _coordination(
     )
 
 
-def _also(res: Resources, event: CoordinationEvent | None) -> Callable[[Any], Awaitable[None]]:
-    """Adds the XADD of *event* to a pipeline (best effort: a bad event is only logged)."""
-
-    async def add(pipe: Any) -> None:
+def _publish(res: Resources, pipe: Any, events: list[CoordinationEvent | None]) -> None:
+    """Queue the XADDs of *events* on *pipe* (best effort: a bad event is only logged)."""
+    for event in events:
         if event is None:
-            return
+            continue
         try:
             key, body = res.publisher.entry(event)
         except Exception as exc:
             log.warning("coordination.publish_failed", kind=str(event.type), error=str(exc))
-            return
+            continue
         pipe.xadd(key, {EVENT_FIELD: body}, maxlen=res.publisher.maxlen, approximate=True)
-
-    return add
 
 
 def _summary(request: RunRequest) -> str:

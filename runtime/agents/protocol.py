@@ -43,7 +43,8 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
     """The user's input; ``None`` for a handoff that continues the conversation as it is."""
     session_id: str | None = None
     seq: int | None = None
-    """Position of the run in its conversation: runs of one session execute in this order."""
+    """Position of the run in its conversation (runs of one session execute in this order).
+    ``None``: the number drawn at submit, which the worker looks up by ``run_id``."""
     context: dict[str, Any] = msgspec.field(default_factory=dict)
     """Handed to the agent's tools as the run context (``RunContextWrapper.context``)."""
     max_turns: int | None = None

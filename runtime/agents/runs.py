@@ -9,7 +9,7 @@ write; the event stream is trimmed to about ``runs.events_maxlen``.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -17,16 +17,17 @@ import redis.asyncio
 
 from runtime.agents.protocol import TERMINAL_STATUS, RunEvent, RunRequest, RunResult
 from runtime.keys import Keys
-from runtime.redis.connection import translate_errors
+from runtime.redis.connection import queue_script, translate_errors
 from runtime.settings.model import RunSettings
 
 __all__ = ["Also", "RunStore"]
 
-Also = Callable[[Any], Awaitable[Any]] | None
-"""Adds commands to a pipeline (other keys, same round trip), e.g. a coordination event."""
+Also = Callable[[Any], None] | None
+"""Queues commands on a pipeline (other keys, same round trip), e.g. a coordination event."""
 
 _encode = msgspec.json.Encoder().encode
 _event_decoder = msgspec.json.Decoder(RunEvent)
+_TERMINAL = frozenset(status.encode() for status in TERMINAL_STATUS)
 
 # KEYS: record. ARGV: ttl, field, value, … → 1 when created, 0 when the record existed.
 _CREATE = """
@@ -36,27 +37,28 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS: record, events. ARGV: ttl, maxlen, worker, now, started event, field, value, …
-# → 'done' (already over), 'cancel' (cancelled before it started) or 'ok' (now running).
+# KEYS: record. ARGV: ttl, field, value, … (status 'running', worker, started_at, …)
+# → 'done' (already over), 'cancel' (a cancel was asked for) or 'ok' (marked running).
 _BEGIN = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'completed' or status == 'failed' or status == 'cancelled' then return 'done' end
 if redis.call('HEXISTS', KEYS[1], 'cancel_requested') == 1 then return 'cancel' end
-redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[3], 'started_at', ARGV[4],
-           unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
 return 'ok'
 """
 
-# KEYS: record, events. ARGV: ttl, maxlen, number of field/value pairs n, the n pairs, then
-# the events to append (the terminal one last).
+# KEYS: record, events. ARGV: ttl, maxlen, count the attempt (1/0: it was never marked running),
+# number of field/value pairs n, the n pairs, then the events to append (the terminal one
+# last). → 1, or 0 when the run had ended already (another attempt's result stands).
 _FINISH = """
-local n = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + 2 * n))
-for i = 4 + 2 * n, #ARGV do
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'completed' or status == 'failed' or status == 'cancelled' then return 0 end
+if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+local n = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + 2 * n))
+for i = 5 + 2 * n, #ARGV do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[i])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -76,7 +78,12 @@ return 1
 
 
 class RunStore:
-    """Reads and writes run records and event streams."""
+    """Reads and writes run records and event streams.
+
+    The methods that take a *pipe* only queue their commands on that pipeline, so callers
+    put the writes of several keys (a run, its conversation, the coordination stream) in
+    one round trip.
+    """
 
     def __init__(self, client: redis.asyncio.Redis, keys: Keys, settings: RunSettings) -> None:
         self._client = client
@@ -90,20 +97,27 @@ class RunStore:
 
     # --- records ------------------------------------------------------------------------
     async def submit(
-        self, request: RunRequest, inbox: str, envelope: bytes, *, fresh_id: bool = False
+        self,
+        request: RunRequest,
+        inbox: str,
+        envelope: bytes,
+        *,
+        fresh_id: bool = False,
+        also: Also = None,
     ) -> str | None:
         """Record a submitted run and enqueue it, in one round trip (a pipeline).
 
-        The record is written first, then the work entry, then the ``enqueued`` mark, so a run
-        whose record says ``queued`` without the mark was never enqueued. Returns the entry id,
-        or ``None`` when a run with this id exists already (nothing is enqueued then). With
-        *fresh_id* (a random id made for this run) the existence check is skipped.
+        *also* comes first (the run's number in its conversation), then the record, then the
+        work entry, then the ``enqueued`` mark, so a run whose record says ``queued`` without
+        the mark was never enqueued. Returns the entry id, or ``None`` when a run with this
+        id exists already (nothing is enqueued then). With *fresh_id* (a random id made for
+        this run) the existence check is part of the same round trip; without, it takes one
+        of its own first.
         """
         fields: dict[str, Any] = {
             "status": "queued",
             "agent": request.agent,
             "session_id": request.session_id or "",
-            "seq": "" if request.seq is None else request.seq,
             "submitted_at": request.submitted_at,
         }
         args: list[Any] = [self._ttl]
@@ -114,42 +128,45 @@ class RunStore:
             if not fresh_id and not await self._create(keys=[record], args=args):
                 return None
             async with self._client.pipeline(transaction=False) as pipe:
+                if also is not None:
+                    also(pipe)
                 if fresh_id:  # a new random id cannot exist: record and enqueue in one trip
-                    await self._create(keys=[record], args=args, client=pipe)
+                    queue_script(pipe, self._create, [record], args)
                 pipe.xadd(inbox, {"envelope": envelope})
                 pipe.hset(record, "enqueued", 1)
                 replies = await pipe.execute()
         entry_id = replies[-2]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
-    async def begin(
-        self, request: RunRequest, worker: str, agent: str, attempt: int, *, also: Also = None
-    ) -> str:
-        """Mark the run running and publish ``run.started``, unless it is over or cancelled.
+    def peek(self, run_id: str, pipe: Any) -> None:
+        """Queue the read of what decides whether an attempt may start (see :meth:`peeked`)."""
+        pipe.hmget(self._keys.run(run_id), ["status", "cancel_requested"])
 
-        Returns ``"ok"``, ``"done"`` (a redelivered entry of a finished run) or ``"cancel"``.
-        *also* may add writes of other keys to the same round trip (a pipeline).
-        """
-        now = time.time()
-        started = RunEvent(
-            type="run.started", data={"agent": agent, "worker": worker, "attempt": attempt}, at=now
-        )
-        fields = {
-            "agent": request.agent,
-            "session_id": request.session_id or "",
-            "submitted_at": request.submitted_at or now,
-        }
-        args: list[Any] = [self._ttl, self._maxlen, worker, now, _encode(started)]
-        for name, value in fields.items():
-            args += [name, value]
-        keys = [self._keys.run(request.run_id), self._keys.run_events(request.run_id)]
-        with translate_errors("start a run"):
+    @staticmethod
+    def peeked(reply: Any) -> str:
+        """The reply of :meth:`peek`: ``"done"`` (the run is over: a redelivered entry),
+        ``"cancel"`` (cancelled before it started) or ``"ok"``."""
+        status, cancel = reply
+        if status in _TERMINAL:
+            return "done"
+        return "cancel" if cancel is not None else "ok"
+
+    async def may_start(self, run_id: str) -> str:
+        """:meth:`peek` in a round trip of its own (a run without a conversation)."""
+        with translate_errors("read a run"):
             async with self._client.pipeline(transaction=False) as pipe:
-                await self._begin(keys=keys, args=args, client=pipe)
-                if also is not None:
-                    await also(pipe)
-                state = (await pipe.execute())[0]
-        return state.decode() if isinstance(state, bytes) else str(state)
+                self.peek(run_id, pipe)
+                (reply,) = await pipe.execute()
+        return self.peeked(reply)
+
+    def begin(self, pipe: Any, request: RunRequest, worker: str, started_at: float) -> None:
+        """Queue the mark that the run is running (status, worker, start time, one more
+        attempt) unless it is over or a cancel was asked for."""
+        args: list[Any] = [self._ttl]
+        args += ["status", "running", "worker", worker, "started_at", started_at]
+        args += ["agent", request.agent, "session_id", request.session_id or ""]
+        args += ["submitted_at", request.submitted_at or started_at]
+        queue_script(pipe, self._begin, [self._keys.run(request.run_id)], args)
 
     async def get(self, run_id: str) -> RunResult | None:
         """The run's record, or ``None`` when unknown (or expired)."""
@@ -176,29 +193,36 @@ class RunStore:
         with translate_errors("read a run"):
             return bool(await self._client.hexists(self._keys.run(run_id), "cancel_requested"))
 
-    # --- events -------------------------------------------------------------------------
-    async def emit(self, run_id: str, events: Sequence[RunEvent]) -> None:
-        """Append *events* in order (one round trip)."""
-        if not events:
-            return
+    # --- events ------------------------------------------------------------------------
+    def emit(self, pipe: Any, run_id: str, events: Sequence[RunEvent]) -> None:
+        """Queue the append of *events*, in order."""
         key = self._keys.run_events(run_id)
-        with translate_errors("publish run events"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for event in events:
-                    pipe.xadd(key, {"event": _encode(event)}, maxlen=self._maxlen, approximate=True)
-                pipe.expire(key, self._ttl)
-                await pipe.execute()
+        for event in events:
+            pipe.xadd(key, {"event": _encode(event)}, maxlen=self._maxlen, approximate=True)
+        pipe.expire(key, self._ttl)
 
-    async def finish(
-        self, result: RunResult, events: Sequence[RunEvent] = (), *, also: Also = None
+    async def write(self, fill: Callable[[Any], None]) -> list[Any]:
+        """Run the commands *fill* queues in one round trip; their replies, errors included
+        (a failed command does not stop the others)."""
+        with translate_errors("write a run"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                fill(pipe)
+                return list(await pipe.execute(raise_on_error=False))
+
+    def finish(
+        self,
+        pipe: Any,
+        result: RunResult,
+        events: Sequence[RunEvent] = (),
+        *,
+        count_attempt: bool = False,
     ) -> None:
-        """Append *events* and the terminal event (which carries the result), and store the
-        result, atomically (one script); *also* may add other writes to the same round trip."""
+        """Queue the append of *events* and the terminal event (which carries the result)
+        and the store of the result, in one script; it writes nothing when the run ended
+        already. With *count_attempt* the attempt is counted too (it was never marked running)."""
         event = RunEvent(
             type=f"run.{result.status}", data=msgspec.structs.asdict(result), at=time.time()
         )
-        record = self._keys.run(result.run_id)
-        stream = self._keys.run_events(result.run_id)
         fields: Any = {
             "status": result.status,
             "final_output": _encode(result.final_output),
@@ -207,19 +231,27 @@ class RunStore:
             "error": result.error or "",
             "error_type": result.error_type or "",
             "worker": result.worker or "",
+            "agent": result.agent,
+            "session_id": result.session_id or "",
+            "submitted_at": result.submitted_at,
+            "started_at": result.started_at or "",
             "finished_at": result.finished_at or time.time(),
         }
-        args: list[Any] = [self._ttl, self._maxlen, len(fields)]
+        args: list[Any] = [self._ttl, self._maxlen, 1 if count_attempt else 0, len(fields)]
         for name, value in fields.items():
             args += [name, value]
         args += [_encode(earlier) for earlier in events]
         args.append(_encode(event))
-        with translate_errors("store a run result"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                await self._finish(keys=[record, stream], args=args, client=pipe)
-                if also is not None:
-                    await also(pipe)
-                await pipe.execute()
+        keys = [self._keys.run(result.run_id), self._keys.run_events(result.run_id)]
+        queue_script(pipe, self._finish, keys, args)
+
+    async def store(self, result: RunResult) -> bool:
+        """Store *result* and its terminal event now; ``False`` when the run had ended."""
+        (reply,) = await self.write(lambda pipe: self.finish(pipe, result))
+        if isinstance(reply, Exception):
+            with translate_errors("store a run result"):
+                raise reply
+        return bool(reply)
 
     async def read_events(
         self, run_id: str, after: str = "0-0", *, block_ms: int | None = None, count: int = 500

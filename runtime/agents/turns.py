@@ -1,11 +1,15 @@
-"""One run at a time per conversation, in submit order.
+"""One run at a time per conversation, in submit order, and its turn written atomically.
 
 When a run is submitted for a session it draws a number (``seq``) from the session's turns
-hash. A worker runs it only when ``next == seq`` and it holds the session lease (a key with a
-per-attempt token and a TTL, renewed while the run lasts; the token fences the session's
-writes). When it ends, ``next`` moves on. A run that is not yet due waits a moment and is then
-deferred (put back with a short delay, not counted as a failure), so waiting runs never hold
-every worker slot while the run that is due sits unread.
+hash, in the round trip that enqueues it (the hash maps the run's id to its number, so the
+number need not travel in the entry). A worker runs it only when ``next == seq`` and it holds
+the session lease (a key with a per-attempt token and a TTL, renewed while the run lasts). The
+script that takes the turn also reads the conversation's history, and the script that ends
+the turn writes everything the run added (:class:`~runtime.agents.conversation.TurnSession`)
+and moves ``next`` on: one round trip each, and a turn is in the history entirely or not at
+all. A run that is not yet due waits a moment and is then deferred (put back with a short
+delay, not counted as a failure), so waiting runs never hold every worker slot while the run
+that is due sits unread.
 
 A run that can never come (its record is gone, or it was submitted but never enqueued) would
 block the conversation: such a run is skipped after ``ORPHAN_AFTER`` seconds.
@@ -20,14 +24,15 @@ from typing import Any
 import anyio
 import redis.asyncio
 
+from runtime.agents.conversation import TurnSession
 from runtime.agents.protocol import TERMINAL_STATUS
 from runtime.agents.runs import RunStore
 from runtime.errors import Defer
 from runtime.keys import Keys
 from runtime.log import get_logger
-from runtime.redis.connection import translate_errors
+from runtime.redis.connection import queue_script, translate_errors
 
-__all__ = ["ORPHAN_AFTER", "SessionTurns", "Turn"]
+__all__ = ["CONFLICT", "NOT_OURS", "ORPHAN_AFTER", "SessionTurns", "Turn", "check_end"]
 
 log = get_logger(__name__)
 
@@ -39,51 +44,89 @@ _DEFER = 0.1
 # KEYS: turns. ARGV: run id, now → seq
 _ASSIGN = """
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'run:' .. seq, ARGV[1], 'at:' .. seq, ARGV[2])
-if not redis.call('HGET', KEYS[1], 'next') then redis.call('HSET', KEYS[1], 'next', 1) end
+redis.call('HSET', KEYS[1], 'run:' .. seq, ARGV[1], 'at:' .. seq, ARGV[2], 'id:' .. ARGV[1], seq)
+redis.call('HSETNX', KEYS[1], 'next', 1)
 return seq
 """
 
-# KEYS: turns, lease, session items. ARGV: seq, token, lease ms
-# → {state, next, blocking run id, its assign time, items held now}
+# KEYS: turns, lease, session items. ARGV: seq ('' = the number drawn for the run id,
+# '0' = none), token, lease ms, run id.
+# → {state, next, blocking run id, its assign time, seq, history (when the turn was taken)}
 _TRY = """
+local seq = ARGV[1]
+if seq == '' then
+  seq = redis.call('HGET', KEYS[1], 'id:' .. ARGV[4])
+  if not seq then return {'unassigned', 0, '', '0', 0, {}} end
+end
+seq = tonumber(seq)
 local nxt = tonumber(redis.call('HGET', KEYS[1], 'next') or '1')
-local seq = tonumber(ARGV[1])
 if seq > nxt then
   return {'wait', nxt, redis.call('HGET', KEYS[1], 'run:' .. nxt) or '',
-          redis.call('HGET', KEYS[1], 'at:' .. nxt) or '0', 0}
+          redis.call('HGET', KEYS[1], 'at:' .. nxt) or '0', seq, {}}
 end
 local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[2] then return {'busy', nxt, '', '0', 0} end
+if holder and holder ~= ARGV[2] then return {'busy', nxt, '', '0', seq, {}} end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-local held = redis.call('LLEN', KEYS[3])
-if seq < nxt then return {'passed', nxt, '', '0', held} end
-return {'ok', nxt, '', '0', held}
+local state = 'ok'
+if seq < nxt then state = 'passed' end
+return {state, nxt, '', '0', seq, redis.call('LRANGE', KEYS[3], 0, -1)}
 """
 
 # KEYS: turns. ARGV: n → move next past n, only if it is still n.
 _SKIP = """
 if tonumber(redis.call('HGET', KEYS[1], 'next') or '1') == tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'next', ARGV[1] + 1)
+  local run = redis.call('HGET', KEYS[1], 'run:' .. ARGV[1])
+  if run then redis.call('HDEL', KEYS[1], 'id:' .. run) end
   redis.call('HDEL', KEYS[1], 'run:' .. ARGV[1], 'at:' .. ARGV[1])
   return 1
 end
 return 0
 """
 
-# KEYS: turns, lease. ARGV: seq, token, advance (1/0). Moves the turn on only for the holder
-# (or when the lease lapsed): an attempt that lost the conversation to another changes nothing.
-_FINISH = """
+# KEYS: turns, lease, session meta, session items.
+# ARGV: seq, token, advance (1/0), ttl ms (0: none), session id, items held when the turn
+# began (-1: the run changed nothing), how many of them to keep, the items to append…
+# Writes the run's changes and ends the turn, only for the lease holder (or when the lease
+# lapsed and nobody took the conversation since): an attempt that lost the conversation to
+# another changes nothing. → the history's length, -1 (not ours), -2 (a conflicting change)
+_END = """
 local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[2] then return 0 end
-if ARGV[3] == '1' then
-  if tonumber(redis.call('HGET', KEYS[1], 'next') or '1') == tonumber(ARGV[1]) then
-    redis.call('HSET', KEYS[1], 'next', ARGV[1] + 1)
+if holder and holder ~= ARGV[2] then return -1 end
+local seq = tonumber(ARGV[1])
+local nxt = tonumber(redis.call('HGET', KEYS[1], 'next') or '1')
+local held = tonumber(ARGV[6])
+local n = 0
+if held >= 0 then
+  if not holder and seq > 0 and nxt ~= seq then return -1 end
+  local keep = tonumber(ARGV[7])
+  n = redis.call('LLEN', KEYS[4])
+  if keep < held then
+    if n ~= held then return -2 end
+    if keep == 0 then redis.call('DEL', KEYS[4]) else redis.call('LTRIM', KEYS[4], 0, keep - 1) end
+    n = keep
   end
-  redis.call('HDEL', KEYS[1], 'run:' .. ARGV[1], 'at:' .. ARGV[1])
+  for i = 8, #ARGV, 4000 do
+    n = redis.call('RPUSH', KEYS[4], unpack(ARGV, i, math.min(i + 3999, #ARGV)))
+  end
+  local t = redis.call('TIME')
+  t = t[1] .. '.' .. string.format('%06d', t[2])
+  redis.call('HSET', KEYS[3], 'session_id', ARGV[5], 'updated_at', t, 'item_count', n)
+  redis.call('HSETNX', KEYS[3], 'created_at', t)
+  local ttl = tonumber(ARGV[4])
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[3], ttl)
+    if n > 0 then redis.call('PEXPIRE', KEYS[4], ttl) end
+  end
+end
+if ARGV[3] == '1' then
+  if nxt == seq then redis.call('HSET', KEYS[1], 'next', seq + 1) end
+  local run = redis.call('HGET', KEYS[1], 'run:' .. seq)
+  if run then redis.call('HDEL', KEYS[1], 'id:' .. run) end
+  redis.call('HDEL', KEYS[1], 'run:' .. seq, 'at:' .. seq)
 end
 if holder then redis.call('DEL', KEYS[2]) end
-return 1
+return n
 """
 
 # KEYS: lease. ARGV: token, ms → 1 while ours
@@ -94,69 +137,108 @@ end
 return 0
 """
 
+NOT_OURS = -1
+CONFLICT = -2
+
 
 @dataclass(frozen=True)
 class Turn:
-    """A held turn: the session lease key and this attempt's token (the write fence)."""
+    """A held turn: the session lease key, this attempt's token, what was read with it."""
 
     session_id: str
-    seq: int | None
+    seq: int
+    """The run's number in the conversation (0: none, the run keeps no order)."""
     lease_key: str
     token: str
-    items_before: int = 0
-    """Items the conversation held when the turn began (a retry rolls back to them)."""
+    passed: bool = False
+    """The conversation had moved past this run already (it finished, or was skipped)."""
+    history: tuple[bytes, ...] = ()
+    """The conversation's items when the turn was taken (stored JSON, oldest first)."""
+    state: str = "ok"
+    """Whether the run may start, read in the same round trip (see :meth:`RunStore.peeked`)."""
 
-    @property
-    def fence(self) -> tuple[str, str]:
-        return self.lease_key, self.token
+    def session(self) -> TurnSession:
+        """The conversation as this run sees it (written by :meth:`SessionTurns.end`)."""
+        return TurnSession(self.session_id, self.history)
 
 
 class SessionTurns:
-    """Assign, wait for, hold and release the turns of conversations."""
+    """Assign, wait for, hold and end the turns of conversations."""
 
-    def __init__(self, client: redis.asyncio.Redis, keys: Keys, *, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        keys: Keys,
+        *,
+        lease_seconds: float,
+        session_ttl: float | None = None,
+    ) -> None:
         self._client = client
         self._keys = keys
         self._lease_ms = int(lease_seconds * 1000)
+        self._ttl_ms = round(session_ttl * 1000) if session_ttl else 0
         self.lease_seconds = lease_seconds
         self._assign = client.register_script(_ASSIGN)
         self._try = client.register_script(_TRY)
         self._skip = client.register_script(_SKIP)
-        self._finish = client.register_script(_FINISH)
+        self._end = client.register_script(_END)
         self._renew = client.register_script(_RENEW)
 
-    async def assign(self, session_id: str, run_id: str) -> int:
-        """Draw the next number of *session_id* for *run_id* (at submit)."""
-        with translate_errors("order a run in its conversation"):
-            seq = await self._assign(
-                keys=[self._keys.session_turns(session_id)], args=[run_id, time.time()]
-            )
-        return int(seq)
+    def assign(self, pipe: Any, session_id: str, run_id: str) -> None:
+        """Queue on *pipe* the draw of the next number of *session_id* for *run_id* (at
+        submit); the worker looks the number up by the run's id."""
+        keys, args = [self._keys.session_turns(session_id)], [run_id, time.time()]
+        queue_script(pipe, self._assign, keys, args)
 
-    async def acquire(self, session_id: str, seq: int | None, token: str, runs: RunStore) -> Turn:
-        """Wait (briefly) until it is this run's turn and take the session lease.
+    async def acquire(
+        self,
+        session_id: str,
+        run_id: str,
+        token: str,
+        runs: RunStore,
+        *,
+        seq: int | None = None,
+        submitted_at: float = 0.0,
+    ) -> Turn:
+        """Wait (briefly) until it is this run's turn; take the lease and read the history.
+
+        Each try is one round trip that also reads the run's record (:meth:`RunStore.peek`),
+        so a run that is over or cancelled is seen at once. *seq* is the run's number when
+        the entry carries it; otherwise it is looked up by *run_id*.
 
         Raises:
             Defer: not its turn within the wait window; the entry is put back for later.
         """
-        turns, lease = self._keys.session_turns(session_id), self._keys.session_lease(session_id)
-        order = seq if seq is not None else 0  # no number: only the lease matters
+        k = self._keys
+        turns, lease = k.session_turns(session_id), k.session_lease(session_id)
+        order = "" if seq is None else str(seq)
         deadline = time.monotonic() + _WAIT_WINDOW
         while True:
             with translate_errors("take a conversation's turn"):
-                reply: Any = await self._try(
-                    keys=[turns, lease, self._keys.session_items(session_id)],
-                    args=[order, token, self._lease_ms],
-                )
-            state, nxt, blocker, assigned_at, held = (_text(x) for x in reply)
+                async with self._client.pipeline(transaction=False) as pipe:
+                    queue_script(
+                        pipe,
+                        self._try,
+                        [turns, lease, k.session_items(session_id)],
+                        [order, token, self._lease_ms, run_id],
+                    )
+                    runs.peek(run_id, pipe)
+                    reply, record = await pipe.execute()
+            state, nxt, blocker, assigned_at = (_text(x) for x in reply[:4])
             if state in ("ok", "passed"):
-                if state == "passed" and seq is not None:
-                    log.warning("turn.passed", session=session_id, seq=seq, next=nxt)
-                return Turn(session_id, seq, lease, token, items_before=int(held))
+                return Turn(
+                    session_id, int(reply[4]), lease, token, passed=state == "passed",
+                    history=tuple(reply[5]), state=runs.peeked(record),
+                )  # fmt: skip
+            if state == "unassigned" and time.time() - submitted_at > ORPHAN_AFTER:
+                # its number was never drawn (the submit failed half-way): keep no order
+                log.warning("turn.unassigned", session=session_id, run=run_id)
+                order = "0"
+                continue
             if state == "wait":
                 why = await self._over(blocker, float(assigned_at), runs)
                 if why is not None:
-                    # "finished": its worker is releasing the turn right now; "orphaned": it
+                    # "finished": its worker is ending the turn right now; "orphaned": it
                     # can never come
                     if why == "orphaned":
                         log.warning("turn.skipped", session=session_id, seq=nxt, run=blocker)
@@ -184,20 +266,51 @@ class SessionTurns:
         with translate_errors("renew a conversation's lease"):
             return bool(await self._renew(keys=[turn.lease_key], args=[turn.token, self._lease_ms]))
 
-    async def release(self, turn: Turn, *, advance: bool = True, pipe: Any = None) -> None:
-        """End the turn: free the lease and, with *advance*, let the next run start.
+    def queue_end(
+        self, pipe: Any, turn: Turn, session: TurnSession | None = None, *, advance: bool = True
+    ) -> None:
+        """Queue on *pipe* the end of the turn: write what *session* changed, free the lease
+        and, with *advance*, let the next run start — in one script.
 
-        Without *advance* (a retry is coming) the run keeps its place in the conversation.
-        With *pipe* the release is only queued on that pipeline.
+        Without *advance* (a retry is coming) the run keeps its place in the conversation;
+        without *session* (or with one that changed nothing) the history is left alone. The
+        script's reply is the history's length, ``NOT_OURS`` (another attempt holds the
+        conversation: nothing was written) or ``CONFLICT`` (see :func:`check_end`).
         """
-        turns = self._keys.session_turns(turn.session_id)
-        order = turn.seq if turn.seq is not None else 0
-        args: list[Any] = [order, turn.token, 1 if advance else 0]
-        if pipe is not None:
-            await self._finish(keys=[turns, turn.lease_key], args=args, client=pipe)
-            return
+        k = self._keys
+        sid = turn.session_id
+        args: list[Any] = [turn.seq, turn.token, 1 if advance else 0, self._ttl_ms, sid]
+        if session is not None and session.changed:
+            args += [session.held, session.keep, *session.added]
+        else:
+            args += [-1, 0]
+        keys = [k.session_turns(sid), turn.lease_key, k.session(sid), k.session_items(sid)]
+        queue_script(pipe, self._end, keys, args)
+
+    async def end(self, turn: Turn, *, advance: bool = True) -> int:
+        """End the turn without writing the history, in a round trip of its own."""
         with translate_errors("end a conversation's turn"):
-            await self._finish(keys=[turns, turn.lease_key], args=args)
+            async with self._client.pipeline(transaction=False) as pipe:
+                self.queue_end(pipe, turn, advance=advance)
+                (code,) = await pipe.execute()
+        return int(code)
+
+
+def check_end(session_id: str, code: Any) -> str | None:
+    """Why the end of a turn (its reply *code*) wrote nothing, or ``None`` when it did."""
+    if isinstance(code, Exception):
+        return f"conversation {session_id!r}: ending the turn failed: {code}"
+    if int(code) == NOT_OURS:
+        return (
+            f"conversation {session_id!r}: the run lost its lease before its turn ended; "
+            "another attempt holds the conversation, this one's items were not written"
+        )
+    if int(code) == CONFLICT:
+        return (
+            f"conversation {session_id!r}: items the run removed were changed by another "
+            "writer while it ran; its items were not written"
+        )
+    return None
 
 
 def _text(value: Any) -> str:

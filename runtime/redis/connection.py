@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "create_client",
     "execute",
     "open_redis",
+    "queue_script",
     "read_server_info",
     "require_modules",
     "translate_errors",
@@ -84,6 +85,16 @@ def _module_of_unknown_command(message: str) -> str | None:
         if f"'{prefix.lower()}." in message.lower():
             return module
     return None
+
+
+def queue_script(pipe: Any, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
+    """Queue a registered Lua *script* on a pipeline, as EVAL.
+
+    redis-py sends ``SCRIPT EXISTS`` (a round trip of its own) before every pipeline that
+    holds EVALSHA calls; EVAL needs no such check, can never fail with NOSCRIPT after a
+    restart, and Redis still compiles each script once (it caches them by their hash).
+    """
+    pipe.eval(script.script, len(keys), *keys, *args)
 
 
 async def execute(client: redis.asyncio.Redis, *args: str | bytes | int | float) -> Any:
