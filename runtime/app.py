@@ -56,6 +56,19 @@ class TaskContext:
     redis: redis.asyncio.Redis
     keys: Keys
     settings: Settings
+    queue_ack: Callable[[Any], bool] | None = field(default=None, repr=False, compare=False)
+    """Set by the worker: see :meth:`ack_in`."""
+
+    def ack_in(self, pipe: Any) -> bool:
+        """Queue the ack of this entry on *pipe*: a pipeline the handler runs as its last
+        write, so its outcome and the ack share one round trip.
+
+        If the handler then returns, the worker does not ack the entry again; if it raises,
+        the failure is handled as usual (an ack that did not happen leaves the entry
+        pending). Returns ``False`` (nothing queued: the worker acks after the handler
+        returns) when the worker does not offer this or the entry's lease was lost.
+        """
+        return self.queue_ack(pipe) if self.queue_ack is not None else False
 
 
 @dataclass(frozen=True, slots=True)

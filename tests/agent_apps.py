@@ -1,9 +1,8 @@
 """Agent apps for the agent-runtime tests, with deterministic models (no network, no key).
 
 ``EchoModel`` answers "reply to <last user message>" (or, after an app handoff, "continuing
-after <from>"), optionally slowly, and records every call in Redis under the worker's key
-prefix (``<prefix>:scratch:model-calls``: one JSON document per call with the run's input it
-saw), so tests can check what each model call saw across processes.
+after <from>"), optionally slowly, and records the input of every call in ``calls``, so tests
+can check what each model call saw.
 """
 
 from __future__ import annotations
@@ -77,3 +76,8 @@ def make_app(behaviour: str = "echo", delay: float = 0.0) -> tuple[AgentApp, Ech
     billing = Agent(name="billing", instructions="Billing.", tools=[ping])
     triage = Agent(name="triage", instructions="Triage.", handoffs=[billing], tools=[ping])
     return AgentApp("tests", agents=[triage, billing], model=model), model
+
+
+# For worker processes (``python -m runtime.worker --app tests.agent_apps:slow_app``): every
+# model call takes a minute, so a test can kill the worker in the middle of a run.
+slow_app, _ = make_app(delay=60)

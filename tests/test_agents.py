@@ -3,6 +3,9 @@ events, cancellation, retries."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import anyio
@@ -12,11 +15,14 @@ import redis.asyncio
 
 from runtime import Keys, Settings
 from runtime.agents import AgentClient, RunEvent
+from runtime.agents.protocol import RunRequest
+from runtime.agents.turns import ORPHAN_AFTER, SessionTurns
 from runtime.coordinator import AgentCoordinator, EventType
+from runtime.producer import Producer
 from runtime.sessions import AgentSession
 from tests.agent_apps import make_app
-from tests.conftest import make_settings
-from tests.helpers import running_worker
+from tests.conftest import ROOT, make_settings
+from tests.helpers import running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -56,6 +62,12 @@ async def test_single_run_result_and_events(
     assert result.usage["requests"] == 1
     types = [event.type async for event in handle.events()]
     assert types == ["run.started", "agent.updated", "message", "run.completed"]
+    # the entry was acked and deleted in the round trip that stored the result
+    inbox = keys.inbox("triage")
+    assert await client.xlen(inbox) == 0
+    assert (await client.xpending(inbox, agent_settings.streams.group))["pending"] == 0
+    record = await client.hgetall(keys.run(handle.run_id))
+    assert record[b"status"] == b"completed" and record[b"attempts"] == b"1"
     session = AgentSession("s1", client, keys=keys)
     assert texts(await session.get_items()) == [
         "user: hello there",
@@ -284,3 +296,133 @@ async def test_run_timeout_is_not_cut_short_by_the_task_timeout(
     async with running_worker(settings, client, serving=app):
         result = await (await runs.run("triage", "slowish", session_id="t")).result(timeout=10)
     assert result.status == "completed"  # the run's own limit governs, not the core's 0.2 s
+
+
+async def test_a_worker_killed_mid_run_leaves_no_trace_and_the_run_completes_once(
+    client: redis.asyncio.Redis, keys: Keys, redis_url: str, agent_settings: Settings
+) -> None:
+    """SIGKILL while the model runs: the conversation holds nothing of the killed attempt,
+    and the run, redelivered to another worker, adds its turn exactly once."""
+    runs = client_for(client, keys, agent_settings)
+    app, _ = make_app()
+    async with running_worker(agent_settings, client, serving=app):
+        assert (await (await runs.run("triage", "first", session_id="k")).result(10)).ok
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTS_WORKER_")}
+    env |= {"PYTHONPATH": str(ROOT), "AGENTS_WORKER_REDIS_URL": redis_url}
+    env |= {
+        "AGENTS_WORKER_REDIS_KEY_PREFIX": keys.prefix,
+        "AGENTS_WORKER_WORKER_LEASE_SECONDS": "1",
+    }
+    worker = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
+        [sys.executable, "-m", "runtime.worker", "--app", "tests.agent_apps:slow_app"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        handle = await runs.run("triage", "second", session_id="k")
+
+        async def running() -> bool:
+            status = await handle.status()
+            return status is not None and status.status == "running"
+
+        await wait_until(running, limit=20, what="the run to start in the worker process")
+        worker.kill()
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    session = AgentSession("k", client, keys=keys)
+    assert texts(await session.get_items()) == ["user: first", "assistant: reply to first"]
+    async with running_worker(agent_settings, client, serving=app):
+        result = await handle.result(timeout=30)  # reclaimed once its lease ran out
+    assert result.status == "completed" and result.final_output == "reply to second"
+    assert texts(await session.get_items()) == [
+        "user: first",
+        "assistant: reply to first",
+        "user: second",
+        "assistant: reply to second",
+    ]
+    record = await client.hget(keys.run(handle.run_id), "attempts")
+    assert int(record or 0) == 2  # the killed attempt, then the one that completed
+
+
+async def test_a_failed_run_leaves_the_conversation_as_it_was(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings
+) -> None:
+    ok, _ = make_app()
+    broken, _ = make_app("raise")
+    runs = client_for(client, keys, agent_settings)
+    async with running_worker(agent_settings, client, serving=ok):
+        assert (await (await runs.run("triage", "one", session_id="a")).result(10)).ok
+    async with running_worker(agent_settings, client, serving=broken):
+        failed = await (await runs.run("triage", "two", session_id="a")).result(10)
+    assert failed.status == "failed" and "the model broke" in (failed.error or "")
+    session = AgentSession("a", client, keys=keys)
+    assert texts(await session.get_items()) == ["user: one", "assistant: reply to one"]
+
+
+async def test_a_long_run_shows_running_and_its_events_before_it_ends(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings
+) -> None:
+    app, _ = make_app(delay=0.6)
+    runs = client_for(client, keys, agent_settings)
+    coordinator = AgentCoordinator(client=client, keys=keys)
+    await coordinator.initialize()
+    async with running_worker(agent_settings, client, serving=app):
+        handle = await runs.run("triage", "take your time", session_id="l")
+
+        async def running() -> bool:
+            status = await handle.status()
+            return status is not None and status.status == "running"
+
+        await wait_until(running, limit=5, what="the record to say running")
+        early = [e.type async for e in handle.events(follow=False)]
+        assert early == ["run.started", "agent.updated"]  # live, before the model answered
+        info = await coordinator.get_stream_info()
+        assert info["types"]["agent_started"]["length"] == 1
+        assert info["types"]["agent_completed"]["length"] == 0
+        result = await handle.result(timeout=10)
+    assert result.ok
+    kinds = [e.type async for e in handle.events()]
+    assert kinds == ["run.started", "agent.updated", "message", "run.completed"]
+    assert int(await client.hget(keys.run(handle.run_id), "attempts") or 0) == 1
+
+
+async def test_a_run_whose_number_arrives_late_waits_for_it(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings
+) -> None:
+    """On Redis Cluster the entry may be read before the script that numbers the run (other
+    slot) has run: the worker waits for the number, then keeps the conversation's order."""
+    app, _ = make_app()
+    runs = client_for(client, keys, agent_settings)
+    request = RunRequest(
+        run_id="late-1", agent="triage", input="late", session_id="n", submitted_at=time.time()
+    )
+    producer = Producer(client, keys=keys, settings=agent_settings)
+    async with running_worker(agent_settings, client, serving=app):
+        await producer.enqueue("triage", request, task_id=request.run_id)
+        await anyio.sleep(0.3)
+        assert await runs.handle("late-1").status() is None  # not run: no number yet
+        async with client.pipeline(transaction=False) as pipe:
+            SessionTurns(client, keys, lease_seconds=1).assign(pipe, "n", "late-1")
+            await pipe.execute()
+        result = await runs.handle("late-1").result(timeout=10)
+    assert result.ok and result.final_output == "reply to late"
+
+
+async def test_a_run_never_numbered_runs_unordered_after_a_while(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings
+) -> None:
+    app, _ = make_app()
+    runs = client_for(client, keys, agent_settings)
+    long_ago = time.time() - ORPHAN_AFTER - 1  # its submit failed half-way, long ago
+    request = RunRequest(
+        run_id="lost-1", agent="triage", input="lost", session_id="u", submitted_at=long_ago
+    )
+    producer = Producer(client, keys=keys, settings=agent_settings)
+    async with running_worker(agent_settings, client, serving=app):
+        await producer.enqueue("triage", request, task_id=request.run_id)
+        result = await runs.handle("lost-1").result(timeout=10)
+        again = await (await runs.run("triage", "after", session_id="u")).result(10)
+    assert result.ok and again.ok
+    session = AgentSession("u", client, keys=keys)
+    assert texts(await session.get_items())[::2] == ["user: lost", "user: after"]

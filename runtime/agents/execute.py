@@ -1,24 +1,30 @@
 """Running one agent run in a worker: turn, session, SDK ``Runner``, events, result.
 
-The handler of every agent target calls :func:`execute`. It
+The handler of every agent target calls :func:`execute`. One run costs two round trips of
+its own:
 
-1. waits for the conversation's turn and takes its lease (:mod:`runtime.agents.turns`);
-2. marks the run running in one script that also skips a run that already finished (a
-   redelivered entry) and honours a cancel requested before it started;
-3. runs the agent on a fenced Redis session — ``Runner.run`` with hooks that report agent
-   changes, tool calls and outputs and handoffs, or ``Runner.run_streamed`` when the run asked
-   for text deltas — while a writer puts its events on the run's event stream in order, off the
-   run's critical path, and a watcher renews the lease and looks for a cancel request;
-4. stores the result and the terminal event atomically and publishes ``AGENT_STARTED``,
-   ``AGENT_COMPLETED`` / ``ERROR`` and in-run handoffs on the coordination stream.
+1. one that takes the conversation's turn and its lease, reads the history, and reads
+   whether the run is over already (a redelivered entry) or was cancelled before it started
+   (:mod:`runtime.agents.turns`; a run without a conversation only reads the latter);
+2. the agent runs on a :class:`~runtime.agents.conversation.TurnSession` (the history as
+   read, the run's writes held back) — ``Runner.run`` with hooks that report agent changes,
+   tool calls and outputs and handoffs, or ``Runner.run_streamed`` when the run asked for
+   text deltas; a run that lasts longer than a moment gets a companion task that writes its
+   events as they come, renews the lease and looks for a cancel request;
+3. one that ends the turn (writing the run's items into the conversation, only when the
+   run completed), stores the result with the events not written yet and the terminal
+   event, publishes ``AGENT_STARTED``, ``AGENT_COMPLETED`` / ``ERROR`` and in-run handoffs
+   on the coordination stream, and acks the work entry.
 
-A run that raises, times out or exceeds its turns ends with a ``failed`` result naming why. A
-retryable model error (rate limit, 5xx) undoes the attempt's session items and is retried by
-the worker core, keeping the run's place in the conversation.
+A run that raises, times out or exceeds its turns ends with a ``failed`` result naming why,
+and leaves the conversation as it was. A retryable model error (rate limit, 5xx) is retried
+by the worker core from the same history, keeping the run's place in the conversation.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -75,7 +81,7 @@ class _Run:
     started_at: float
     turn: Turn | None = None
     session: TurnSession | None = None
-    writer: _EventWriter | None = None
+    companion: _Companion | None = None
     ended: bool = False
     """The turn was ended together with the result."""
 
@@ -95,7 +101,7 @@ async def execute(ctx: TaskContext, request: RunRequest, agent: Agent[Any], res:
         token = f"{request.run_id}:{os.urandom(4).hex()}"
         run.turn = await res.turns.acquire(
             request.session_id, request.run_id, token, res.runs,
-            seq=request.seq, submitted_at=request.submitted_at,
+            seq=request.seq, submitted_at=request.submitted_at or ctx.created_at,
         )  # fmt: skip
         state = run.turn.state
         run.started_at = time.time()  # the run starts once it has its turn
@@ -130,23 +136,20 @@ async def _attempt(run: _Run, agent: Agent[Any], state: str) -> None:
     began = time.monotonic()
     limit = ctx.settings.runs.timeout_seconds
     stream = request.stream if request.stream is not None else ctx.settings.runs.stream_deltas
-    writer = run.writer = _EventWriter(run, linger=0.0 if stream else _LINGER)
+    run_scope = anyio.CancelScope()
+    companion = run.companion = _Companion(run, run_scope, linger=0.0 if stream else _LINGER)
     outcome: BaseException | None = None
     result: Any = None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(writer.run)
-        run_scope = anyio.CancelScope()
-        watcher = _Watcher(request, res, run.turn, run_scope)
-        tg.start_soon(watcher.run)
+    try:
         with run_scope:
             try:
                 with anyio.fail_after(limit):
                     result = await _run(ctx, request, agent, res, run, stream=stream)
             except Exception as exc:
                 outcome = exc
-        await writer.close()
-        tg.cancel_scope.cancel()
-    outcome = watcher.stop or outcome
+    finally:
+        await companion.close()
+    outcome = companion.stop or outcome
     if outcome is None:
         await _completed(run, result, began)
         return
@@ -168,7 +171,7 @@ async def _settle_failure(run: _Run, outcome: BaseException, limit: float) -> No
         if isinstance(decision, RetryLater):
             # nothing of this attempt is in the conversation: the retry starts from the same
             # history; its events so far are kept, with a note
-            events = run.writer.pending() if run.writer is not None else []
+            events = run.companion.pending() if run.companion is not None else []
             note = {"error": str(decision)}
             events.append(RunEvent(type="run.retrying", data=note, at=time.time()))
             runs, run_id = run.res.runs, run.request.run_id
@@ -181,7 +184,7 @@ async def _run(
     ctx: TaskContext, request: RunRequest, agent: Agent[Any], res: Resources, run: _Run, *,
     stream: bool,
 ) -> Any:  # fmt: skip
-    session, writer = run.session, run.writer
+    session, writer = run.session, run.companion
     assert writer is not None
     config = dataclasses.replace(
         res.run_config,
@@ -215,49 +218,79 @@ async def _run(
     return streamed
 
 
-class _EventWriter:
-    """Puts a run's events on its stream in order, from a background task, coalescing.
+class _Companion:
+    """What goes on beside a run that lasts: its events written as they come, its
+    conversation's lease renewed, a cancel request looked for.
 
-    The run appends without waiting. A run that streams deltas has its events written at
-    once; a plain run's events wait up to ``_LINGER`` seconds, so a quick run's events go out
-    with its result in one atomic write (:meth:`pending` hands back what is left) while a
-    long run's events still appear live. The first write also marks the run running and
-    publishes ``AGENT_STARTED``; a run that ends before it does both with its result.
+    The run appends events without waiting. Nothing starts before ``linger`` seconds, so a
+    quick run costs no task and no round trip here: its events go out with its result in
+    one atomic write (:meth:`pending` hands back what is left). After that a task writes new
+    events at once (text deltas in batches), renews the lease every third of its time and
+    polls for a cancel every ``_CANCEL_POLL`` seconds; a cancel or a lost lease stops the run
+    (``stop`` says why). Its first write also marks the run running and publishes
+    ``AGENT_STARTED``; a run that ends before does both with its result.
     """
 
-    def __init__(self, run: _Run, *, linger: float) -> None:
+    def __init__(self, run: _Run, scope: anyio.CancelScope, *, linger: float) -> None:
         self._run = run
+        self._scope = scope
         started = {"agent": run.agent, "worker": run.ctx.consumer, "attempt": run.ctx.attempt + 1}
         self._buffer = [RunEvent(type="run.started", data=started, at=run.started_at)]
-        self._wake = anyio.Event()
+        self._wake = asyncio.Event()
         self._closed = False
-        self._done = anyio.Event()
-        self._live_at = time.monotonic() + linger
+        self._task: asyncio.Task[None] | None = None
+        self._renew_at = time.monotonic() + run.res.turns.lease_seconds / 3
         self.begun = False
         """The record says running and ``AGENT_STARTED`` went out."""
+        self.stop: BaseException | None = None
+        """Why the run was stopped from here (a cancel request, a lost lease)."""
+        # redis.asyncio runs on asyncio only: a timer, not a task per run, until it lasts
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(linger, self._start) if linger > 0 else None
+        if linger <= 0:
+            self._start()
+
+    def _start(self) -> None:
+        if not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
 
     def add(self, kind: str, **data: Any) -> None:
         self._buffer.append(RunEvent(type=kind, data=data, at=time.time()))
         if kind != "message.delta" or len(self._buffer) >= _DELTA_BATCH:
             self._wake.set()
 
-    async def run(self) -> None:
-        try:
-            await anyio.sleep_until(self._live_at)
-            self._wake.set()  # what came during the linger
-            while not self._closed:
-                await self._wake.wait()
-                self._wake = anyio.Event()
-                if self._closed:
-                    return
-                batch, self._buffer = self._buffer, []
-                await self._write(batch)
-        finally:
-            self._done.set()
+    async def _loop(self) -> None:
+        run = self._run
+        renew_every = run.res.turns.lease_seconds / 3
+        next_poll, next_renew = time.monotonic(), self._renew_at  # the run lasts: look now
+        while not self._closed:
+            try:
+                if self._buffer:
+                    batch, self._buffer = self._buffer, []
+                    await self._write(batch)
+                now = time.monotonic()
+                if now >= next_poll:
+                    next_poll = now + _CANCEL_POLL
+                    if await run.res.runs.cancel_requested(run.request.run_id):
+                        self._halt(_Cancelled())
+                        return
+                if run.turn is not None and now >= next_renew:
+                    next_renew = now + renew_every
+                    if not await run.res.turns.renew(run.turn):
+                        self._halt(_LeaseLost())
+                        return
+            except Exception as exc:  # Redis away for a moment: the run goes on
+                log.warning("run.companion_failed", run=run.request.run_id, error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                wait = max(0.0, min(next_poll, next_renew) - time.monotonic())
+                await asyncio.wait_for(self._wake.wait(), wait)
+            self._wake.clear()
+
+    def _halt(self, why: BaseException) -> None:
+        self.stop = why
+        self._scope.cancel()
 
     async def _write(self, batch: list[RunEvent]) -> None:
-        if not batch:
-            return
         run = self._run
         started = None if self.begun else _started(run)
 
@@ -274,11 +307,14 @@ class _EventWriter:
         self.begun = True
 
     async def close(self) -> None:
-        """Stop the background writes (letting one in flight finish)."""
+        """Stop (letting a write in flight finish); the run is over."""
         self._closed = True
-        self._wake.set()
-        if time.monotonic() >= self._live_at:  # it may be writing: let that write finish
-            await self._done.wait()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._wake.set()
+            with anyio.CancelScope(shield=True):
+                await self._task
 
     def pending(self) -> list[RunEvent]:
         """The events not written yet, in order (after :meth:`close`)."""
@@ -289,7 +325,7 @@ class _EventWriter:
 class _Hooks(RunHooks[Any]):
     """Run events from the SDK's lifecycle hooks (the non-streamed path)."""
 
-    def __init__(self, writer: _EventWriter) -> None:
+    def __init__(self, writer: _Companion) -> None:
         self._writer = writer
 
     async def on_agent_start(self, context: Any, agent: Agent[Any]) -> None:
@@ -313,33 +349,7 @@ class _Hooks(RunHooks[Any]):
         self._writer.add("handoff", **{"from": from_agent.name, "to": to_agent.name})
 
 
-class _Watcher:
-    """Renews the conversation's lease and watches for a cancel request while the run runs."""
-
-    def __init__(
-        self, request: RunRequest, res: Resources, turn: Turn | None, scope: anyio.CancelScope
-    ) -> None:
-        self._request = request
-        self._res = res
-        self._turn = turn
-        self._scope = scope
-        self.stop: BaseException | None = None
-
-    async def run(self) -> None:
-        renew_every = self._res.turns.lease_seconds / 3
-        last_renew = time.monotonic()
-        while self.stop is None:
-            await anyio.sleep(_CANCEL_POLL)
-            if await self._res.runs.cancel_requested(self._request.run_id):
-                self.stop = _Cancelled()
-            elif self._turn is not None and time.monotonic() - last_renew >= renew_every:
-                if not await self._res.turns.renew(self._turn):
-                    self.stop = _LeaseLost()
-                last_renew = time.monotonic()
-        self._scope.cancel()
-
-
-def _convert(event: StreamEvent, writer: _EventWriter) -> None:
+def _convert(event: StreamEvent, writer: _Companion) -> None:
     """Hand one SDK stream event to the writer as a run event (the streamed path)."""
     if event.type == "raw_response_event":
         if isinstance(event.data, ResponseTextDeltaEvent):
@@ -422,7 +432,7 @@ async def _finish(
     """End the attempt in one round trip: end the turn (writing what *session* changed: only
     a completed run's items go into the conversation), store the result with the events not
     written yet, and publish the coordination events."""
-    request, res, writer = run.request, run.res, run.writer
+    request, res, writer = run.request, run.res, run.companion
     result = RunResult(
         run_id=request.run_id,
         status=status,  # type: ignore[arg-type]
@@ -448,14 +458,19 @@ async def _finish(
             res.turns.queue_end(pipe, turn, session)
         res.runs.finish(pipe, result, pending, count_attempt=not begun)
         _publish(res, pipe, events)
+        run.ctx.ack_in(pipe)  # the entry is done with: no round trip of its own for the ack
 
     replies = await res.runs.write(fill)
     run.ended = True
-    stored = replies[1 if turn is not None else 0]
-    for reply in replies:
+    essential = replies[: 2 if turn is not None else 1]  # the turn's end, the result
+    for reply in essential:
         if isinstance(reply, Exception):
             with translate_errors("store a run result"):
                 raise reply
+    for reply in replies[len(essential) :]:
+        if isinstance(reply, Exception):
+            log.warning("run.finish_side_write_failed", run=request.run_id, error=str(reply))
+    stored = essential[-1]
     if turn is not None and (why := check_end(turn.session_id, replies[0])) is not None:
         log.warning("run.turn_not_written", run=request.run_id, why=why)
     if not stored:

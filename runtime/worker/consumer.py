@@ -14,6 +14,7 @@ Delivery contract (docs/delivery.md):
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
@@ -444,6 +445,7 @@ class Worker:
             redis=self.client,
             keys=self.keys,
             settings=self.settings,
+            queue_ack=functools.partial(self._outcomes.queue_ack, entry),
         )
         # One cancel scope serves as the timeout and as the handle to cancel on a lost lease.
         scope = entry.scope = anyio.CancelScope(deadline=anyio.current_time() + limit)

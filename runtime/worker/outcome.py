@@ -53,6 +53,8 @@ class Entry:
     """Set once its handler started; cancelled when the lease is lost."""
     lost: bool = False
     """Its lease expired and another worker may own it: settle nothing."""
+    acked_by_handler: bool = False
+    """Its handler queued the ack with its own last write (:meth:`TaskContext.ack_in`)."""
 
 
 class Outcomes:
@@ -83,8 +85,22 @@ class Outcomes:
         """Set when a retry was written, so the mover of due entries looks again."""
 
     # --- success ------------------------------------------------------------------------
+    def queue_ack(self, entry: Entry, pipe: Any) -> bool:
+        """Queue the ack of *entry* (XACK + XDEL) on a handler's pipeline (not for a lost
+        entry: another worker may own it)."""
+        if entry.lost:
+            return False
+        pipe.xack(entry.stream, self._group, entry.entry_id)
+        pipe.xdel(entry.stream, entry.entry_id)
+        entry.acked_by_handler = True
+        return True
+
     def ack(self, entry: Entry) -> None:
-        """Queue the ack of a succeeded entry; the ack loop writes queued acks in one MULTI."""
+        """Queue the ack of a succeeded entry; the ack loop writes queued acks in one MULTI.
+
+        Nothing to do when its handler acked it already (:meth:`queue_ack`)."""
+        if entry.acked_by_handler:
+            return
         self._acks.setdefault(entry.stream, []).append(entry.entry_id)
         self._ack_wanted.set()
 
