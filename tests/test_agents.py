@@ -426,3 +426,24 @@ async def test_a_run_never_numbered_runs_unordered_after_a_while(
     assert result.ok and again.ok
     session = AgentSession("u", client, keys=keys)
     assert texts(await session.get_items())[::2] == ["user: lost", "user: after"]
+
+
+async def test_cancelling_a_run_that_waits_for_its_turn_ends_it_at_once(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings
+) -> None:
+    app, _ = make_app(delay=1.5)
+    runs = client_for(client, keys, agent_settings)
+    async with running_worker(agent_settings, client, serving=app):
+        first = await runs.run("triage", "one", session_id="w")
+        waiting = await runs.run("triage", "two", session_id="w")
+        await anyio.sleep(0.2)
+        assert await waiting.cancel() is True
+        began = time.monotonic()
+        cancelled = await waiting.result(timeout=10)
+        assert time.monotonic() - began < 1.0  # not after the first run
+        assert cancelled.status == "cancelled"
+        assert (await first.result(timeout=10)).ok
+        third = await (await runs.run("triage", "three", session_id="w")).result(10)
+    assert third.ok
+    session = AgentSession("w", client, keys=keys)
+    assert texts(await session.get_items())[::2] == ["user: one", "user: three"]

@@ -235,3 +235,23 @@ def test_a_turn_session_without_history() -> None:
     session = TurnSession("n", [])
     assert session.held == 0 and session.keep == 0 and not session.changed
     assert "TurnSession('n'" in repr(session)
+
+
+async def test_a_waiting_run_that_was_cancelled_or_ended_needs_no_turn(
+    client: redis.asyncio.Redis, keys: Keys, turns: SessionTurns, runs: RunStore
+) -> None:
+    first = await take(client, turns, runs, "q", "r1")
+    await runs.write(lambda pipe: pipe.hset(keys.run("r1"), "status", "running"))
+    async with client.pipeline(transaction=False) as pipe:
+        turns.assign(pipe, "q", "r2")
+        turns.assign(pipe, "q", "r3")
+        pipe.hset(keys.run("r2"), "status", "queued")
+        pipe.hset(keys.run("r3"), "status", "failed")  # e.g. dead-lettered
+        await pipe.execute()
+    await runs.request_cancel("r2")
+    cancelled = await turns.acquire("q", "r2", "t2", runs)  # at once, not after r1
+    assert cancelled.state == "cancel" and not cancelled.holds
+    over = await turns.acquire("q", "r3", "t3", runs)
+    assert over.state == "done" and not over.holds
+    assert await client.get(keys.session_lease("q")) == b"t1"  # r1 still holds it
+    assert await end(client, turns, first, None) == 0

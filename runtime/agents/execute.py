@@ -116,7 +116,7 @@ async def execute(ctx: TaskContext, request: RunRequest, agent: Agent[Any], res:
         advance = False  # the retry keeps this run's place in the conversation
         raise
     finally:
-        if run.turn is not None and not run.ended:
+        if run.turn is not None and run.turn.holds and not run.ended:
             with anyio.CancelScope(shield=True):
                 code = await res.turns.end(run.turn, advance=advance)
             if code == NOT_OURS:
@@ -302,7 +302,7 @@ class _Companion:
 
         try:
             await run.res.runs.write(fill)
-        except Exception as exc:  # events are best effort; the result is not
+        except Exception as exc:  # events are best effort (a retry could repeat them)
             log.warning("run.events_lost", run=run.request.run_id, error=str(exc))
         self.begun = True
 
@@ -450,7 +450,7 @@ async def _finish(
     )
     pending = writer.pending() if writer is not None else []
     begun = writer is None or writer.begun
-    turn = run.turn
+    turn = run.turn if run.turn is not None and run.turn.holds else None
     events = [None if begun else _started(run), *_handoffs(run, pending), coordination]
 
     def fill(pipe: Any) -> None:

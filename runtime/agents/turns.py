@@ -156,6 +156,8 @@ class Turn:
     """The conversation's items when the turn was taken (stored JSON, oldest first)."""
     state: str = "ok"
     """Whether the run may start, read in the same round trip (see :meth:`RunStore.peeked`)."""
+    holds: bool = True
+    """The lease was taken (``False``: a run that is over or cancelled, seen while waiting)."""
 
     def session(self) -> TurnSession:
         """The conversation as this run sees it (written by :meth:`SessionTurns.end`)."""
@@ -230,6 +232,10 @@ class SessionTurns:
                     session_id, int(reply[4]), lease, token, passed=state == "passed",
                     history=tuple(reply[5]), state=runs.peeked(record),
                 )  # fmt: skip
+            if (verdict := runs.peeked(record)) != "ok":
+                # over already, or cancelled before it started: it needs no turn (when its
+                # number comes up, the run holding the turn up is seen to be over)
+                return Turn(session_id, int(reply[4]), lease, token, holds=False, state=verdict)
             if state == "unassigned" and time.time() - submitted_at > ORPHAN_AFTER:
                 # its number was never drawn (the submit failed half-way): keep no order
                 log.warning("turn.unassigned", session=session_id, run=run_id)
