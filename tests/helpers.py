@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import redis.asyncio
@@ -12,6 +16,8 @@ import redis.asyncio
 from runtime import App, Keys, Settings
 from runtime.worker import Worker
 from tests.apps import app
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @asynccontextmanager
@@ -46,3 +52,21 @@ async def wait_until(
 
 async def scratch_list(client: redis.asyncio.Redis, keys: Keys, name: str) -> list[str]:
     return [v.decode() for v in await client.lrange(keys.scratch(name), 0, -1)]
+
+
+def worker_process(
+    app_ref: str, redis_url: str, keys: Keys, **settings: str
+) -> subprocess.Popen[bytes]:
+    """``python -m runtime.worker --app APP_REF`` on *redis_url* / *keys*, with the settings
+    given as ``SECTION_NAME=value`` (e.g. ``WORKER_LEASE_SECONDS="1"``); output discarded."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTS_WORKER_")}
+    env |= {
+        "PYTHONPATH": str(ROOT),
+        "AGENTS_WORKER_REDIS_URL": redis_url,
+        "AGENTS_WORKER_REDIS_KEY_PREFIX": keys.prefix,
+    }
+    env |= {f"AGENTS_WORKER_{name}": value for name, value in settings.items()}
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime.worker", "--app", app_ref],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip

@@ -3,10 +3,8 @@ events, cancellation, retries."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.lowlevel
@@ -14,15 +12,15 @@ import pytest
 import redis.asyncio
 
 from runtime import Keys, Settings
-from runtime.agents import AgentClient, RunEvent
+from runtime.agents import AgentClient, RunEvent, RunHandle
 from runtime.agents.protocol import RunRequest
 from runtime.agents.turns import ORPHAN_AFTER, SessionTurns
 from runtime.coordinator import AgentCoordinator, EventType
 from runtime.producer import Producer
 from runtime.sessions import AgentSession
 from tests.agent_apps import make_app
-from tests.conftest import ROOT, make_settings
-from tests.helpers import running_worker, wait_until
+from tests.conftest import make_settings
+from tests.helpers import running_worker, wait_until, worker_process
 
 pytestmark = pytest.mark.anyio
 
@@ -36,6 +34,16 @@ def agent_settings(redis_url: str, keys: Keys) -> Settings:
 
 def client_for(redis_client: redis.asyncio.Redis, keys: Keys, settings: Settings) -> AgentClient:
     return AgentClient(redis_client, keys=keys, settings=settings)
+
+
+def running(handle: RunHandle) -> Callable[[], Awaitable[bool]]:
+    """A check that *handle*'s record says ``running``."""
+
+    async def check() -> bool:
+        status = await handle.status()
+        return status is not None and status.status == "running"
+
+    return check
 
 
 def texts(items: list[dict[str, object]]) -> list[str]:
@@ -307,24 +315,12 @@ async def test_a_worker_killed_mid_run_leaves_no_trace_and_the_run_completes_onc
     app, _ = make_app()
     async with running_worker(agent_settings, client, serving=app):
         assert (await (await runs.run("triage", "first", session_id="k")).result(10)).ok
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTS_WORKER_")}
-    env |= {"PYTHONPATH": str(ROOT), "AGENTS_WORKER_REDIS_URL": redis_url}
-    env |= {
-        "AGENTS_WORKER_REDIS_KEY_PREFIX": keys.prefix,
-        "AGENTS_WORKER_WORKER_LEASE_SECONDS": "1",
-    }
-    worker = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-        [sys.executable, "-m", "runtime.worker", "--app", "tests.agent_apps:slow_app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    worker = worker_process(
+        "tests.agent_apps:slow_app", redis_url, keys, WORKER_LEASE_SECONDS="1"
+    )
     try:
         handle = await runs.run("triage", "second", session_id="k")
-
-        async def running() -> bool:
-            status = await handle.status()
-            return status is not None and status.status == "running"
-
-        await wait_until(running, limit=20, what="the run to start in the worker process")
+        await wait_until(running(handle), limit=20, what="the run to start in the worker process")
         worker.kill()
         worker.wait(10)
     finally:
@@ -369,12 +365,7 @@ async def test_a_long_run_shows_running_and_its_events_before_it_ends(
     await coordinator.initialize()
     async with running_worker(agent_settings, client, serving=app):
         handle = await runs.run("triage", "take your time", session_id="l")
-
-        async def running() -> bool:
-            status = await handle.status()
-            return status is not None and status.status == "running"
-
-        await wait_until(running, limit=5, what="the record to say running")
+        await wait_until(running(handle), limit=5, what="the record to say running")
         early = [e.type async for e in handle.events(follow=False)]
         assert early == ["run.started", "agent.updated"]  # live, before the model answered
         info = await coordinator.get_stream_info()

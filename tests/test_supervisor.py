@@ -23,7 +23,7 @@ import redis.asyncio
 from runtime import Keys, Producer
 from runtime.dlq import DeadLetters
 from tests.conftest import OPENSSL_DIR, ROOT, make_settings
-from tests.helpers import scratch_list, wait_until
+from tests.helpers import scratch_list, wait_until, worker_process
 
 pytestmark = pytest.mark.anyio
 
@@ -387,17 +387,9 @@ async def test_worker_recycled_above_rss_limit(
 async def test_second_signal_stops_a_worker_at_once(
     redis_url: str, keys: Keys, client: redis.asyncio.Redis
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTS_WORKER_")}
-    env |= {
-        "PYTHONPATH": str(ROOT),
-        "AGENTS_WORKER_REDIS_URL": redis_url,
-        "AGENTS_WORKER_REDIS_KEY_PREFIX": keys.prefix,
-        "AGENTS_WORKER_WORKER_SHUTDOWN_GRACE_SECONDS": "60",
-    }
-    worker = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-        [sys.executable, "-m", "runtime.worker", "--app", "tests.apps:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    worker = worker_process(
+        "tests.apps:app", redis_url, keys, WORKER_SHUTDOWN_GRACE_SECONDS="60"
+    )
     try:
         await producer(redis_url, keys, client).enqueue("slow", 30)
 
