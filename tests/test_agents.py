@@ -315,9 +315,7 @@ async def test_a_worker_killed_mid_run_leaves_no_trace_and_the_run_completes_onc
     app, _ = make_app()
     async with running_worker(agent_settings, client, serving=app):
         assert (await (await runs.run("triage", "first", session_id="k")).result(10)).ok
-    worker = worker_process(
-        "tests.agent_apps:slow_app", redis_url, keys, WORKER_LEASE_SECONDS="1"
-    )
+    worker = worker_process("tests.agent_apps:slow_app", redis_url, keys, WORKER_LEASE_SECONDS="1")
     try:
         handle = await runs.run("triage", "second", session_id="k")
         await wait_until(running(handle), limit=20, what="the run to start in the worker process")

@@ -387,9 +387,7 @@ async def test_worker_recycled_above_rss_limit(
 async def test_second_signal_stops_a_worker_at_once(
     redis_url: str, keys: Keys, client: redis.asyncio.Redis
 ) -> None:
-    worker = worker_process(
-        "tests.apps:app", redis_url, keys, WORKER_SHUTDOWN_GRACE_SECONDS="60"
-    )
+    worker = worker_process("tests.apps:app", redis_url, keys, WORKER_SHUTDOWN_GRACE_SECONDS="60")
     try:
         await producer(redis_url, keys, client).enqueue("slow", 30)
 
