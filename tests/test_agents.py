@@ -11,7 +11,7 @@ import anyio.lowlevel
 import pytest
 import redis.asyncio
 
-from runtime import Keys, Settings
+from runtime import EnqueueError, Keys, Settings
 from runtime.agents import AgentClient, RunEvent, RunHandle
 from runtime.agents.protocol import RunRequest
 from runtime.agents.turns import ORPHAN_AFTER, SessionTurns
@@ -436,3 +436,25 @@ async def test_cancelling_a_run_that_waits_for_its_turn_ends_it_at_once(
     assert third.ok
     session = AgentSession("w", client, keys=keys)
     assert texts(await session.get_items())[::2] == ["user: one", "user: three"]
+
+
+async def test_run_and_wait_submits_and_waits_in_one_call(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings
+) -> None:
+    quick, _ = make_app()
+    runs = client_for(client, keys, agent_settings)
+    async with running_worker(agent_settings, client, serving=quick):
+        result = await runs.run_and_wait("triage", "hi", session_id="rw", timeout=10)
+        assert result.ok and result.final_output == "reply to hi"
+        again = await runs.run_and_wait("triage", "again", session_id="rw", run_id="rw-2")
+        assert again.ok and again.run_id == "rw-2"
+        with pytest.raises(EnqueueError, match="exists already"):
+            await runs.run_and_wait("triage", "again", run_id="rw-2")
+    slow, _ = make_app(delay=1.3)  # longer than the first wait: the rest is waited for
+    async with running_worker(agent_settings, client, serving=slow):
+        late = await runs.run_and_wait("triage", "slowly", session_id="rw", timeout=10)
+        assert late.ok and late.final_output == "reply to slowly"
+        with pytest.raises(TimeoutError, match=r"did not end within 0\.2 s"):
+            await runs.run_and_wait("triage", "too slow", timeout=0.2)
+    session = AgentSession("rw", client, keys=keys)
+    assert texts(await session.get_items())[::2] == ["user: hi", "user: again", "user: slowly"]

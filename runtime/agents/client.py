@@ -64,7 +64,12 @@ class RunHandle:
             RunNotFound: the run is unknown.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        after = "0-0"  # a finished run's terminal event is already there: found at once
+        return await self._result(deadline, timeout)
+
+    async def _result(
+        self, deadline: float | None, limit: float | None, after: str = "0-0"
+    ) -> RunResult:
+        # from "0-0": a finished run's terminal event is already there, found at once
         while True:
             wait_ms = _BLOCK_MS
             if deadline is not None:
@@ -72,15 +77,15 @@ class RunHandle:
                 if left <= 0:
                     status = await self._store.get(self.run_id)
                     raise TimeoutError(
-                        f"run {self.run_id} of {self.agent!r} did not end within {timeout:g} s "
+                        f"run {self.run_id} of {self.agent!r} did not end within {limit:g} s "
                         f"(status: {status.status if status else 'gone'}; is a worker serving "
                         f"{self.agent!r}?)"
                     )
                 wait_ms = max(1, min(_BLOCK_MS, int(left * 1000)))
             events = await self._store.read_events(self.run_id, after, block_ms=wait_ms)
-            for event in events:
-                if event.terminal:  # it carries the whole result: no further read needed
-                    return msgspec.convert(event.data, RunResult)
+            found = _outcome(events)
+            if found is not None:
+                return found
             if events:
                 after = events[-1].id or after
             elif await self._store.get(self.run_id) is None:
@@ -146,10 +151,43 @@ class AgentClient:
         Raises:
             EnqueueError: bad agent name, session id or run id, or input that is not JSON.
         """
-        return await self._submit(
+        handle, _ = await self._submit(
             agent, input, session_id=session_id, context=context, max_turns=max_turns,
             run_id=run_id, handoff=None, stream=stream,
         )  # fmt: skip
+        return handle
+
+    async def run_and_wait(
+        self,
+        agent: str,
+        input: str | list[dict[str, Any]],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        session_id: str | None = None,
+        context: dict[str, Any] | None = None,
+        max_turns: int | None = None,
+        run_id: str | None = None,
+    ) -> RunResult:
+        """Submit a run and wait for its result: :meth:`run` then :meth:`RunHandle.result`,
+        with the submit and the first wait in one round trip (a quick run costs the app a
+        single one).
+
+        Raises:
+            EnqueueError: as :meth:`run`.
+            TimeoutError: the run did not end within *timeout* seconds (it goes on; its id
+                is in the message, :meth:`handle` gets it back).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        first = _BLOCK_MS if timeout is None else max(1, min(_BLOCK_MS, int(timeout * 1000)))
+        handle, events = await self._submit(
+            agent, input, session_id=session_id, context=context, max_turns=max_turns,
+            run_id=run_id, handoff=None, stream=None, wait_ms=first,
+        )  # fmt: skip
+        found = _outcome(events)
+        if found is not None:
+            return found
+        after = (events[-1].id or "0-0") if events else "0-0"
+        return await handle._result(deadline, timeout, after)
 
     async def handoff(
         self,
@@ -162,10 +200,11 @@ class AgentClient:
     ) -> RunHandle:
         """Continue *session_id* with *to_agent*, telling it who handed over and why."""
         info = HandoffInfo(from_agent=from_agent, context=context or {}, event_id=event_id)
-        return await self._submit(
+        handle, _ = await self._submit(
             to_agent, None, session_id=session_id, context=context, max_turns=None,
             run_id=None, handoff=info, stream=None,
         )  # fmt: skip
+        return handle
 
     async def _submit(
         self,
@@ -178,7 +217,8 @@ class AgentClient:
         run_id: str | None,
         handoff: HandoffInfo | None,
         stream: bool | None,
-    ) -> RunHandle:
+        wait_ms: int | None = None,
+    ) -> tuple[RunHandle, list[RunEvent]]:
         fresh_id = run_id is None
         run_id = run_id or new_task_id()
         try:
@@ -204,6 +244,17 @@ class AgentClient:
         turns, sid = self._turns, session_id
         # the run's number in its conversation is drawn in the same round trip
         also = None if sid is None else (lambda pipe: turns.assign(pipe, sid, run_id))
-        if await self._runs.submit(request, inbox, envelope, fresh_id=fresh_id, also=also) is None:
+        submitted = await self._runs.submit(
+            request, inbox, envelope, fresh_id=fresh_id, also=also, wait_ms=wait_ms
+        )
+        if submitted is None:
             raise EnqueueError(f"a run with id {run_id!r} exists already")
-        return RunHandle(self._runs, run_id, agent, session_id)
+        return RunHandle(self._runs, run_id, agent, session_id), submitted[1]
+
+
+def _outcome(events: list[RunEvent]) -> RunResult | None:
+    """The result carried by the terminal event among *events*, if there is one."""
+    for event in events:
+        if event.terminal:
+            return msgspec.convert(event.data, RunResult)
+    return None

@@ -28,6 +28,7 @@ Also = Callable[[Any], None] | None
 _encode = msgspec.json.Encoder().encode
 _event_decoder = msgspec.json.Decoder(RunEvent)
 _TERMINAL = frozenset(status.encode() for status in TERMINAL_STATUS)
+_COUNT = 500  # events per read
 
 # KEYS: record. ARGV: ttl, field, value, … → 1 when created, 0 when the record existed.
 _CREATE = """
@@ -104,15 +105,17 @@ class RunStore:
         *,
         fresh_id: bool = False,
         also: Also = None,
-    ) -> str | None:
+        wait_ms: int | None = None,
+    ) -> tuple[str, list[RunEvent]] | None:
         """Record a submitted run and enqueue it, in one round trip (a pipeline).
 
         *also* comes first (the run's number in its conversation), then the record, then the
         work entry, then the ``enqueued`` mark, so a run whose record says ``queued`` without
-        the mark was never enqueued. Returns the entry id, or ``None`` when a run with this
-        id exists already (nothing is enqueued then). With *fresh_id* (a random id made for
-        this run) the existence check is part of the same round trip; without, it takes one
-        of its own first.
+        the mark was never enqueued. Returns the entry id and, with *wait_ms*, the run's first
+        events (read in the same round trip, waiting up to *wait_ms* for one; keep it under
+        the client's socket timeout), or ``None`` when a run with this id exists already
+        (nothing is enqueued then). With *fresh_id* (a random id made for this run) the
+        existence check is part of the same round trip; without, it takes one of its own.
         """
         fields: dict[str, Any] = {
             "status": "queued",
@@ -134,9 +137,12 @@ class RunStore:
                     queue_script(pipe, self._create, [record], args)
                 pipe.xadd(inbox, {"envelope": envelope})
                 pipe.hset(record, "enqueued", 1)
+                if wait_ms is not None:
+                    self._read(pipe, request.run_id, "0-0", block_ms=wait_ms, count=_COUNT)
                 replies = await pipe.execute()
+        events = _events(replies.pop()) if wait_ms is not None else []
         entry_id = replies[-2]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)), events
 
     def peek(self, run_id: str, pipe: Any) -> None:
         """Queue the read of what decides whether an attempt may start (see :meth:`peeked`)."""
@@ -254,18 +260,29 @@ class RunStore:
         return bool(reply)
 
     async def read_events(
-        self, run_id: str, after: str = "0-0", *, block_ms: int | None = None, count: int = 500
+        self, run_id: str, after: str = "0-0", *, block_ms: int | None = None, count: int = _COUNT
     ) -> list[RunEvent]:
         """Events after the id *after*, waiting up to *block_ms* for one when there is none."""
-        key = self._keys.run_events(run_id)
         with translate_errors("read run events"):
-            reply: Any = await self._client.xread({key: after}, count=count, block=block_ms)
-        events = []
-        for _stream, entries in _items(reply):
-            for entry_id, fields in entries:
-                event = _event_decoder.decode(fields[b"event"])
-                events.append(msgspec.structs.replace(event, id=entry_id.decode()))
-        return events
+            reply: Any = await self._read(
+                self._client, run_id, after, block_ms=block_ms, count=count
+            )
+        return _events(reply)
+
+    def _read(
+        self, client: Any, run_id: str, after: str, *, block_ms: int | None, count: int
+    ) -> Any:
+        return client.xread({self._keys.run_events(run_id): after}, count=count, block=block_ms)
+
+
+def _events(reply: Any) -> list[RunEvent]:
+    """Run events from an XREAD reply (in order, each with its stream id)."""
+    events = []
+    for _stream, entries in _items(reply):
+        for entry_id, fields in entries:
+            event = _event_decoder.decode(fields[b"event"])
+            events.append(msgspec.structs.replace(event, id=entry_id.decode()))
+    return events
 
 
 def _items(reply: Any) -> Any:
