@@ -16,6 +16,9 @@ format:  ## apply ruff's fixes and formatting
 bench:  ## run the side-by-side benchmarks (see benchmarks/RESULTS.md)
 	@scripts/bench
 	@.venv-bench/bin/python -m benchmarks.startup
+	@PYTHONPATH=. .venv-bench/bin/python -m benchmarks.sessions
+	@PYTHONPATH=. .venv-bench/bin/python -m benchmarks.run_overhead --runs 1000
+	@PYTHONPATH=. .venv-bench/bin/python -m benchmarks.idle_penalty
 
 docs:  ## regenerate docs/configuration.md and config/agents-worker.toml from the settings model
 	@scripts/bootstrap && .venv/bin/agents-worker config docs > docs/configuration.md && \
