@@ -65,6 +65,19 @@ async def crash(ctx: TaskContext, payload: object) -> None:
     os._exit(9)
 
 
+@app.task("self_acking")
+async def self_acking(ctx: TaskContext, fail: bool) -> None:
+    """Writes its effect and its ack in one pipeline; with *fail*, raises before sending it."""
+    await _record(ctx, "started")
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        pipe.rpush(ctx.keys.scratch("effects"), ctx.task_id)
+        assert ctx.ack_in(pipe)
+        if fail and not await ctx.redis.exists(ctx.keys.scratch("fixed")):
+            await ctx.redis.set(ctx.keys.scratch("fixed"), 1)  # the next attempt succeeds
+            raise RuntimeError("failed before its last write")
+        await pipe.execute()
+
+
 class Order(msgspec.Struct):
     order_id: int
     amount: float

@@ -449,3 +449,27 @@ async def test_worker_rides_out_a_redis_restart(tmp_path: Path, key_prefix: str)
     finally:
         await client.aclose()
         server.stop()
+
+
+async def test_a_handler_acks_its_entry_with_its_own_last_write(
+    core: redis.asyncio.Redis, core_url: str, keys: Keys
+) -> None:
+    settings = make_settings(core_url, keys.prefix)
+    producer = Producer(core, keys=keys, settings=settings)
+    ok = await producer.enqueue("self_acking", False)
+    async with running_worker(settings, core) as worker:
+        await wait_until(lambda: _count(core, keys, "effects", 1), what="the effect")
+        await wait_until(lambda: _xlen_is(core, keys.inbox("self_acking"), 0), what="the ack")
+        assert worker.stats.succeeded == 1
+        # queued but never sent (the handler raised first): retried as any failure
+        failed = await producer.enqueue("self_acking", True)
+        await wait_until(lambda: _count(core, keys, "effects", 2), what="the retried effect")
+        await wait_until(lambda: _xlen_is(core, keys.inbox("self_acking"), 0), what="the ack")
+        assert worker.stats.retried == 1 and worker.stats.succeeded == 2
+    assert await scratch_list(core, keys, "effects") == [ok.task_id, failed.task_id]
+    assert await scratch_list(core, keys, "started") == [ok.task_id, failed.task_id, failed.task_id]
+    assert (await core.xpending(keys.inbox("self_acking"), "workers"))["pending"] == 0
+
+
+async def _xlen_is(client: redis.asyncio.Redis, stream: str, n: int) -> bool:
+    return int(await client.xlen(stream)) == n
