@@ -255,3 +255,10 @@ async def test_a_waiting_run_that_was_cancelled_or_ended_needs_no_turn(
     assert over.state == "done" and not over.holds
     assert await client.get(keys.session_lease("q")) == b"t1"  # r1 still holds it
     assert await end(client, turns, first, None) == 0
+
+
+def test_the_run_state_is_read_from_bytes_or_text_replies() -> None:
+    assert RunStore.peeked([b"completed", None]) == "done"
+    assert RunStore.peeked(["cancelled", None]) == "done"  # a client that decodes replies
+    assert RunStore.peeked([b"queued", b"1"]) == "cancel"
+    assert RunStore.peeked([None, None]) == "ok"

@@ -153,7 +153,7 @@ class RunStore:
         """The reply of :meth:`peek`: ``"done"`` (the run is over: a redelivered entry),
         ``"cancel"`` (cancelled before it started) or ``"ok"``."""
         status, cancel = reply
-        if status in _TERMINAL:
+        if (status.encode() if isinstance(status, str) else status) in _TERMINAL:
             return "done"
         return "cancel" if cancel is not None else "ok"
 
