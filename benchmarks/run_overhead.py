@@ -87,22 +87,17 @@ async def _baseline(client: redis.asyncio.Redis, keys: Keys, runs: int, tag: str
     return samples
 
 
-async def _ours(runner: AgentClient, runs: int, tag: str) -> list[float]:
+async def _ours(runner: AgentClient, runs: int, tag: str, *, one_call: bool) -> list[float]:
+    """*one_call*: ``run_and_wait()``; otherwise ``run()`` then ``handle.result()``."""
     samples = []
     for n in range(runs):
+        session = f"ours-{tag}-{n}-{int(one_call)}"
         began = time.perf_counter()
-        handle = await runner.run("bench", "hello", session_id=f"ours-{tag}-{n}")
-        result = await handle.result(timeout=10)
-        samples.append(time.perf_counter() - began)
-        assert result.ok, result.error
-    return samples
-
-
-async def _ours_waiting(runner: AgentClient, runs: int, tag: str) -> list[float]:
-    samples = []
-    for n in range(runs):
-        began = time.perf_counter()
-        result = await runner.run_and_wait("bench", "hello", session_id=f"wait-{tag}-{n}")
+        if one_call:
+            result = await runner.run_and_wait("bench", "hello", session_id=session)
+        else:
+            handle = await runner.run("bench", "hello", session_id=session)
+            result = await handle.result(timeout=10)
         samples.append(time.perf_counter() - began)
         assert result.ok, result.error
     return samples
@@ -134,8 +129,8 @@ async def _compare(url: str, client: redis.asyncio.Redis, runs: int) -> dict[str
         for round_ in range(-(-runs // block)):
             size = min(block, runs - round_ * block)
             samples["baseline"] += await _baseline(client, keys, size, str(round_))
-            samples["run"] += await _ours(runner, size, str(round_))
-            samples["run_and_wait"] += await _ours_waiting(runner, size, str(round_))
+            samples["run"] += await _ours(runner, size, str(round_), one_call=False)
+            samples["run_and_wait"] += await _ours(runner, size, str(round_), one_call=True)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)

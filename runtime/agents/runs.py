@@ -29,6 +29,7 @@ _encode = msgspec.json.Encoder().encode
 _event_decoder = msgspec.json.Decoder(RunEvent)
 _TERMINAL = frozenset(status.encode() for status in TERMINAL_STATUS)
 _COUNT = 500  # events per read
+_PEEKED = ["status", "cancel_requested"]
 
 # KEYS: record. ARGV: ttl, field, value, … → 1 when created, 0 when the record existed.
 _CREATE = """
@@ -146,7 +147,7 @@ class RunStore:
 
     def peek(self, run_id: str, pipe: Any) -> None:
         """Queue the read of what decides whether an attempt may start (see :meth:`peeked`)."""
-        pipe.hmget(self._keys.run(run_id), ["status", "cancel_requested"])
+        pipe.hmget(self._keys.run(run_id), _PEEKED)
 
     @staticmethod
     def peeked(reply: Any) -> str:
@@ -160,9 +161,7 @@ class RunStore:
     async def may_start(self, run_id: str) -> str:
         """:meth:`peek` in a round trip of its own (a run without a conversation)."""
         with translate_errors("read a run"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                self.peek(run_id, pipe)
-                (reply,) = await pipe.execute()
+            reply: Any = await self._client.hmget(self._keys.run(run_id), _PEEKED)
         return self.peeked(reply)
 
     def begin(self, pipe: Any, request: RunRequest, worker: str, started_at: float) -> None:

@@ -283,23 +283,23 @@ class SessionTurns:
         script's reply is the history's length, ``NOT_OURS`` (another attempt holds the
         conversation: nothing was written) or ``CONFLICT`` (see :func:`check_end`).
         """
-        k = self._keys
-        sid = turn.session_id
+        queue_script(pipe, self._end, *self._end_call(turn, session, advance))
+
+    async def end(self, turn: Turn, *, advance: bool = True) -> int:
+        """End the turn without writing the history, in a round trip of its own."""
+        with translate_errors("end a conversation's turn"):
+            return int(await self._end(*self._end_call(turn, None, advance)))
+
+    def _end_call(
+        self, turn: Turn, session: TurnSession | None, advance: bool
+    ) -> tuple[list[str], list[Any]]:
+        k, sid = self._keys, turn.session_id
         args: list[Any] = [turn.seq, turn.token, 1 if advance else 0, self._ttl_ms, sid]
         if session is not None and session.changed:
             args += [session.held, session.keep, *session.added]
         else:
             args += [-1, 0]
-        keys = [k.session_turns(sid), turn.lease_key, k.session(sid), k.session_items(sid)]
-        queue_script(pipe, self._end, keys, args)
-
-    async def end(self, turn: Turn, *, advance: bool = True) -> int:
-        """End the turn without writing the history, in a round trip of its own."""
-        with translate_errors("end a conversation's turn"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                self.queue_end(pipe, turn, advance=advance)
-                (code,) = await pipe.execute()
-        return int(code)
+        return [k.session_turns(sid), turn.lease_key, k.session(sid), k.session_items(sid)], args
 
 
 def check_end(session_id: str, code: Any) -> str | None:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+import weakref
 from abc import abstractmethod
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Self
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 import anyio
 import msgspec
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from agents.memory import SessionSettings
     from agents.result import RunResultBase
 
-__all__ = ["BaseSession", "Fence", "SessionInfo"]
+__all__ = ["BaseSession", "Fence", "SessionInfo", "StoreScripts"]
 
 Fence = tuple[str, str]
 """``(lease key, token)``: writes succeed only while ``GET lease_key == token``."""
@@ -72,6 +73,31 @@ end
 # A run result that only repeats the stored history is retried this often when another
 # writer appends between reading the history and appending (see store_agent_result).
 _STORE_ATTEMPTS = 5
+
+
+class StoreScripts(NamedTuple):
+    """The write scripts of one session store (Lua sources, or the same registered)."""
+
+    add: Any
+    pop: Any
+    trim: Any
+    delete: Any
+    create: Any
+    tail: Any
+
+    def registered(self, client: redis.asyncio.Redis) -> StoreScripts:
+        """These scripts registered on *client*, once per client (sessions are made per run,
+        and registering hashes every script)."""
+        per_client = _registered.setdefault(client, {})
+        found = per_client.get(self)
+        if found is None:
+            found = per_client[self] = StoreScripts(*(client.register_script(s) for s in self))
+        return found
+
+
+_registered: weakref.WeakKeyDictionary[redis.asyncio.Redis, dict[StoreScripts, StoreScripts]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -299,26 +325,18 @@ class BaseSession(SessionABC):
         a client the session owns and closes in :meth:`close`. :class:`SessionError` when
         *conversation_id* already exists.
         """
-        connection, owned = _connect(redis_url, client)
-        try:
-            session = cls(
-                conversation_id if conversation_id is not None else uuid.uuid4().hex,
-                connection,
-                keys=keys,
-                ttl=ttl,
-                session_settings=session_settings,
-            )
-            session._owns_client = owned
+
+        async def new(session: Self) -> None:
             if not await session._create(user_id):
                 raise SessionError(
                     f"conversation {session.session_id!r} already exists: load() it instead"
                 )
-        except BaseException:
-            if owned:
-                with anyio.CancelScope(shield=True):
-                    await connection.aclose()
-            raise
-        return session
+
+        session_id = conversation_id if conversation_id is not None else uuid.uuid4().hex
+        return await cls._open(
+            session_id, redis_url, client, new,
+            keys=keys, ttl=ttl, session_settings=session_settings,
+        )  # fmt: skip
 
     @classmethod
     async def load(
@@ -336,18 +354,32 @@ class BaseSession(SessionABC):
         Give *client*, or *redis_url* for a client the session owns and closes in
         :meth:`close`.
         """
-        connection, owned = _connect(redis_url, client)
-        try:
-            session = cls(
-                conversation_id,
-                connection,
-                keys=keys,
-                ttl=ttl,
-                session_settings=session_settings,
-            )
-            session._owns_client = owned
+
+        async def existing(session: Self) -> None:
             if not await session._exists():
                 raise SessionNotFound(conversation_id)
+
+        return await cls._open(
+            conversation_id, redis_url, client, existing,
+            keys=keys, ttl=ttl, session_settings=session_settings,
+        )  # fmt: skip
+
+    @classmethod
+    async def _open(
+        cls,
+        session_id: str,
+        redis_url: str | None,
+        client: redis.asyncio.Redis | None,
+        check: Callable[[Self], Awaitable[None]],
+        **options: Any,
+    ) -> Self:
+        """A session on *client* or on a client of its own for *redis_url*, once *check*
+        passed; a client of its own is closed again when anything fails."""
+        connection, owned = _connect(redis_url, client)
+        try:
+            session = cls(session_id, connection, **options)
+            session._owns_client = owned
+            await check(session)
         except BaseException:
             if owned:
                 with anyio.CancelScope(shield=True):
@@ -386,8 +418,8 @@ class BaseSession(SessionABC):
     async def _read(self, limit: int | None) -> list[TResponseInputItem]:
         """The latest *limit* items (all when ``None``; *limit* > 0), oldest first."""
 
-    # Both stores keep the same scripts (add, pop, trim, delete, create) over their keys.
-    _scripts: Any
+    # Both stores keep the same scripts (add, pop, trim, delete, create, tail) over their keys.
+    _scripts: StoreScripts
     _write_keys: tuple[str, ...]
     _head: tuple[str, int, str]
 

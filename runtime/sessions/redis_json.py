@@ -14,18 +14,14 @@ Stack): without it every call raises :class:`~runtime.errors.MissingModuleError`
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
-import redis.asyncio
-from redis.commands.core import AsyncScript
 
 from runtime.errors import MissingModuleError, RedisCommandError
 from runtime.redis.connection import execute, translate_errors
-from runtime.sessions.base import LUA_PRELUDE, BaseSession, SessionInfo
+from runtime.sessions.base import LUA_PRELUDE, BaseSession, SessionInfo, StoreScripts
 from runtime.sessions.codec import corrupt, decode_array
 
 if TYPE_CHECKING:
@@ -156,36 +152,7 @@ def _errors(action: str) -> Iterator[None]:
         raise
 
 
-# Scripts registered per client (sessions are made per run; registering hashes every script).
-_registered: weakref.WeakKeyDictionary[redis.asyncio.Redis, _Scripts] = weakref.WeakKeyDictionary()
-
-
-@dataclass(frozen=True)
-class _Scripts:
-    add: AsyncScript
-    pop: AsyncScript
-    trim: AsyncScript
-    delete: AsyncScript
-    create: AsyncScript
-    tail: AsyncScript
-
-    @classmethod
-    def register(cls, client: redis.asyncio.Redis) -> _Scripts:
-        cached = _registered.get(client)
-        if cached is None:
-            cached = _registered[client] = cls._make(client)
-        return cached
-
-    @classmethod
-    def _make(cls, client: redis.asyncio.Redis) -> _Scripts:
-        return cls(
-            add=client.register_script(_ADD),
-            pop=client.register_script(_POP),
-            trim=client.register_script(_TRIM),
-            delete=client.register_script(_DELETE),
-            create=client.register_script(_CREATE),
-            tail=client.register_script(_TAIL),
-        )
+_SCRIPTS = StoreScripts(add=_ADD, pop=_POP, trim=_TRIM, delete=_DELETE, create=_CREATE, tail=_TAIL)
 
 
 class _Meta(msgspec.Struct):
@@ -216,7 +183,7 @@ class JSONSession(BaseSession):
     def _bind(self) -> None:
         self._doc_key = self.keys.session_doc(self.session_id)
         self._write_keys = (self._doc_key, self.lease_key)
-        self._scripts = _Scripts.register(self.client)
+        self._scripts = _SCRIPTS.registered(self.client)
 
     async def length(self) -> int:
         self._check_open()

@@ -14,15 +14,10 @@ Reads are one LRANGE; every write is one Lua script (fence check, change, metada
 
 from __future__ import annotations
 
-import weakref
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import redis.asyncio
-from redis.commands.core import AsyncScript
-
 from runtime.redis.connection import translate_errors
-from runtime.sessions.base import LUA_PRELUDE, BaseSession, SessionInfo
+from runtime.sessions.base import LUA_PRELUDE, BaseSession, SessionInfo, StoreScripts
 from runtime.sessions.codec import decode_items, text
 
 if TYPE_CHECKING:
@@ -124,36 +119,7 @@ return {n, redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)}
 """
 
 
-# Scripts registered per client (sessions are made per run; registering hashes every script).
-_registered: weakref.WeakKeyDictionary[redis.asyncio.Redis, _Scripts] = weakref.WeakKeyDictionary()
-
-
-@dataclass(frozen=True)
-class _Scripts:
-    add: AsyncScript
-    pop: AsyncScript
-    trim: AsyncScript
-    delete: AsyncScript
-    create: AsyncScript
-    tail: AsyncScript
-
-    @classmethod
-    def register(cls, client: redis.asyncio.Redis) -> _Scripts:
-        cached = _registered.get(client)
-        if cached is None:
-            cached = _registered[client] = cls._make(client)
-        return cached
-
-    @classmethod
-    def _make(cls, client: redis.asyncio.Redis) -> _Scripts:
-        return cls(
-            add=client.register_script(_ADD),
-            pop=client.register_script(_POP),
-            trim=client.register_script(_TRIM),
-            delete=client.register_script(_DELETE),
-            create=client.register_script(_CREATE),
-            tail=client.register_script(_TAIL),
-        )
+_SCRIPTS = StoreScripts(add=_ADD, pop=_POP, trim=_TRIM, delete=_DELETE, create=_CREATE, tail=_TAIL)
 
 
 class AgentSession(BaseSession):
@@ -181,7 +147,7 @@ class AgentSession(BaseSession):
         self._meta_key = self.keys.session(self.session_id)
         self._items_key = self.keys.session_items(self.session_id)
         self._write_keys = (self._meta_key, self._items_key, self.lease_key)
-        self._scripts = _Scripts.register(self.client)
+        self._scripts = _SCRIPTS.registered(self.client)
 
     async def length(self) -> int:
         self._check_open()
