@@ -78,6 +78,16 @@ async def self_acking(ctx: TaskContext, fail: bool) -> None:
         await pipe.execute()
 
 
+@app.task("acks_then_lingers")
+async def acks_then_lingers(ctx: TaskContext, linger: float) -> None:
+    """Writes its ack with its last write, then takes *linger* seconds more to return."""
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        assert ctx.ack_in(pipe)
+        await pipe.execute()
+    await anyio.sleep(linger)
+    await _record(ctx, "returned")
+
+
 class Order(msgspec.Struct):
     order_id: int
     amount: float

@@ -16,6 +16,7 @@ from runtime import Keys
 from runtime.dlq import DeadLetters
 from runtime.envelope import Envelope, encode_envelope
 from runtime.producer import Producer
+from runtime.worker.consumer import Worker
 from tests.conftest import make_settings
 from tests.helpers import running_worker, scratch_list, wait_until
 
@@ -469,6 +470,25 @@ async def test_a_handler_acks_its_entry_with_its_own_last_write(
     assert await scratch_list(core, keys, "effects") == [ok.task_id, failed.task_id]
     assert await scratch_list(core, keys, "started") == [ok.task_id, failed.task_id, failed.task_id]
     assert (await core.xpending(keys.inbox("self_acking"), "workers"))["pending"] == 0
+
+
+async def test_an_entry_its_handler_acked_is_not_a_lost_lease_while_the_handler_ends(
+    core: redis.asyncio.Redis, core_url: str, keys: Keys
+) -> None:
+    # the lease is renewed every 0.4 s while the handler, its entry acked, takes 1.5 s more
+    settings = make_settings(core_url, keys.prefix, **{"worker.lease_seconds": "1.2"})
+    producer = Producer(core, keys=keys, settings=settings)
+    task = await producer.enqueue("acks_then_lingers", 1.5)
+    async with running_worker(settings, core) as worker:
+        await wait_until(lambda: _count(core, keys, "returned", 1), what="the handler's return")
+        await wait_until(lambda: _succeeded(worker, 1), what="the success")
+        assert worker.stats.lost_leases == 0
+    assert await scratch_list(core, keys, "returned") == [task.task_id]
+    assert (await core.xpending(keys.inbox("acks_then_lingers"), "workers"))["pending"] == 0
+
+
+async def _succeeded(worker: Worker, n: int) -> bool:
+    return bool(worker.stats.succeeded == n)
 
 
 async def _xlen_is(client: redis.asyncio.Redis, stream: str, n: int) -> bool:

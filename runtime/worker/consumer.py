@@ -528,7 +528,9 @@ class Worker:
                 )
                 for entry_id in lost:
                     gone = self._inflight.get((stream, entry_id))
-                    if gone is not None:
+                    # not pending because its handler acked it (TaskContext.ack_in) and has
+                    # yet to return: done with, not lost
+                    if gone is not None and not gone.acked_by_handler:
                         self._lease_lost(gone)
                         if gone.scope is not None:
                             gone.scope.cancel()
