@@ -135,7 +135,7 @@ class RunStore:
                 if also is not None:
                     also(pipe)
                 if fresh_id:  # a new random id cannot exist: no check, no script
-                    pipe.hset(record, mapping=fields)
+                    pipe.hset(record, items=args[1:])
                     pipe.expire(record, self._ttl)
                 pipe.xadd(inbox, {"envelope": envelope})
                 pipe.hset(record, "enqueued", 1)
