@@ -17,7 +17,7 @@ import redis.asyncio
 
 from runtime.agents.protocol import TERMINAL_STATUS, RunEvent, RunRequest, RunResult
 from runtime.keys import Keys
-from runtime.redis.connection import queue_script, translate_errors
+from runtime.redis.connection import queue_script, run_pipeline, translate_errors
 from runtime.settings.model import RunSettings
 
 __all__ = ["Also", "RunStore"]
@@ -141,7 +141,7 @@ class RunStore:
                 pipe.hset(record, "enqueued", 1)
                 if wait_ms is not None:
                     self._read(pipe, request.run_id, "0-0", block_ms=wait_ms, count=_COUNT)
-                replies = await pipe.execute()
+                replies = await run_pipeline(pipe)
         events = _events(replies.pop()) if wait_ms is not None else []
         entry_id = replies[-2]
         return (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)), events
@@ -213,7 +213,7 @@ class RunStore:
         with translate_errors("write a run"):
             async with self._client.pipeline(transaction=False) as pipe:
                 fill(pipe)
-                return list(await pipe.execute(raise_on_error=False))
+                return await run_pipeline(pipe, raise_on_error=False)
 
     def finish(
         self,

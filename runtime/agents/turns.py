@@ -30,7 +30,7 @@ from runtime.agents.runs import RunStore
 from runtime.errors import Defer
 from runtime.keys import Keys
 from runtime.log import get_logger
-from runtime.redis.connection import queue_script, translate_errors
+from runtime.redis.connection import queue_script, run_pipeline, translate_errors
 
 __all__ = ["CONFLICT", "NOT_OURS", "ORPHAN_AFTER", "SessionTurns", "Turn", "check_end"]
 
@@ -225,7 +225,7 @@ class SessionTurns:
                         [order, token, self._lease_ms, run_id],
                     )
                     runs.peek(run_id, pipe)
-                    reply, record = await pipe.execute()
+                    reply, record = await run_pipeline(pipe)
             state, nxt, blocker, assigned_at = (_text(x) for x in reply[:4])
             if state in ("ok", "passed"):
                 return Turn(

@@ -9,13 +9,21 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import redis.asyncio
+import redis.asyncio.client
 import redis.exceptions
+from redis.client import NEVER_DECODE
+
+try:
+    from hiredis import pack_command as _pack
+except ImportError:  # pragma: no cover - hiredis comes with the redis[hiredis] requirement
+    _pack = None  # type: ignore[assignment]
 
 from runtime.errors import (
     MissingModuleError,
@@ -39,6 +47,7 @@ __all__ = [
     "queue_script",
     "read_server_info",
     "require_modules",
+    "run_pipeline",
     "translate_errors",
 ]
 
@@ -95,6 +104,81 @@ def queue_script(pipe: Any, script: Any, keys: Sequence[Any], args: Sequence[Any
     restart, and Redis still compiles each script once (it caches them by their hash).
     """
     pipe.eval(script.script, len(keys), *keys, *args)
+
+
+async def run_pipeline(pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
+    """Send the commands queued on a non-transactional pipeline and return their replies,
+    as ``pipe.execute(raise_on_error=...)`` does, at a fraction of its cost.
+
+    The commands are packed by hiredis (C) instead of redis-py's per-argument Python, and the
+    replies are read off the connection and passed through the client's reply callbacks, so
+    callers see the same values. Unlike ``execute()`` it never sends a pipeline twice: after a
+    connection error the commands may have run, and what the hot paths queue here (scripts,
+    XADD) must not run twice; the error is raised. Falls back to ``execute()`` for cluster
+    pipelines, transactions, queued ``Script`` objects and arguments hiredis does not pack.
+    """
+    stack = list(pipe.command_stack)
+    packed = _packed(pipe, stack)
+    if packed is None:
+        return list(await pipe.execute(raise_on_error=raise_on_error))
+    pool, callbacks = pipe.connection_pool, pipe.response_callbacks
+    conn = await pool.get_connection()
+    replies: list[Any] = []
+    try:
+        await conn.send_packed_command(packed)
+        for args, options in stack:  # every reply is read, errors too: the socket stays in step
+            try:
+                reply = await conn.read_response(disable_decoding=NEVER_DECODE in options)
+            except redis.exceptions.ResponseError as exc:
+                replies.append(exc)
+                continue
+            name = args[0]
+            if name in callbacks:
+                extra = {k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS}
+                reply = callbacks[name](reply, **extra)
+                if inspect.isawaitable(reply):
+                    reply = await reply
+            replies.append(reply)
+    except BaseException:
+        with anyio.CancelScope(shield=True):  # replies may be left unread: drop the socket
+            await conn.disconnect(nowait=True)
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pool.release(conn)
+        pipe.command_stack.clear()
+    if raise_on_error:
+        pipe.raise_first_error(stack, replies)  # the first error, with its command's number
+    return replies
+
+
+def _packed(pipe: Any, stack: list[Any]) -> bytes | None:
+    """The commands of *pipe* as one write, or ``None`` where it takes redis-py's path."""
+    plain = (
+        _pack is not None
+        and type(pipe) is redis.asyncio.client.Pipeline  # not a cluster pipeline
+        and stack
+        and not (pipe.scripts or pipe.is_transaction or pipe.explicit_transaction)
+        and not (pipe.watching or pipe.connection)
+    )
+    if not plain:
+        return None
+    try:
+        return b"".join(_pack(_wire_args(args)) for args, _ in stack)
+    except TypeError:  # e.g. a bool or None: redis-py's own path raises its DataError
+        return None
+
+
+# pipeline options redis-py keeps from its reply callbacks
+_NOT_FOR_CALLBACKS = frozenset({NEVER_DECODE, "keys"})
+
+
+def _wire_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Command arguments as Redis reads them: a command name holding a space is two words."""
+    first = args[0]
+    if isinstance(first, str) and " " in first:
+        return (*first.split(), *args[1:])
+    return args
 
 
 async def execute(client: redis.asyncio.Redis, *args: str | bytes | int | float) -> Any:
