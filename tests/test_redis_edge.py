@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from runtime import (
     EmbeddedRedis,
@@ -23,6 +29,7 @@ from runtime import (
     translate_errors,
 )
 from runtime.redis import exercise_modules, require_modules
+from runtime.redis.connection import run_pipeline
 from tests.conftest import embedded_settings
 
 
@@ -143,3 +150,68 @@ async def test_plain_server_of_the_core_tests(plain_redis_url: str) -> None:
         await client.aclose()
     assert info.modules == {}
     assert int(info.version.split(".")[0]) >= 7
+
+
+def _queue_mixed(pipe: Any, keys: Keys) -> None:
+    """Commands of every reply shape the agent paths send, an error reply among them."""
+    stream, record = keys.scratch("stream"), keys.scratch("record")
+    pipe.hset(record, mapping={"status": "queued", "at": 1.5})
+    pipe.expire(record, 60)
+    pipe.xadd(stream, {"event": b"\x00\xffjson"}, maxlen=100, approximate=True)
+    pipe.hmget(record, ["status", "missing"])
+    pipe.eval("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}", 1, record, "é", 41)
+    pipe.incr(record)  # WRONGTYPE: an error reply in the middle
+    pipe.xread({stream: "0-0"}, count=10)
+    pipe.execute_command("SCRIPT EXISTS", "0" * 40)  # a command name of two words
+
+
+async def test_run_pipeline_replies_as_redis_py_does(client: redis.asyncio.Redis) -> None:
+    ours, theirs = Keys(f"{uuid.uuid4().hex}-a"), Keys(f"{uuid.uuid4().hex}-b")
+    async with client.pipeline(transaction=False) as pipe:
+        _queue_mixed(pipe, ours)
+        got = await run_pipeline(pipe, raise_on_error=False)
+        assert pipe.command_stack == []
+    async with client.pipeline(transaction=False) as pipe:
+        _queue_mixed(pipe, theirs)
+        want = await pipe.execute(raise_on_error=False)
+
+    def same(reply: Any) -> Any:  # the keys and stream ids differ between the two runs
+        if isinstance(reply, Exception):
+            return (type(reply), str(reply))
+        text = repr(reply).replace(ours.prefix, "P").replace(theirs.prefix, "P")
+        return re.sub(r"\d{13}-\d+", "ID", text)
+
+    assert [same(r) for r in got] == [same(r) for r in want]
+    assert isinstance(got[5], redis.exceptions.ResponseError)
+    async with client.pipeline(transaction=False) as pipe:  # the first error is raised
+        _queue_mixed(pipe, ours)
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            await run_pipeline(pipe)
+    async with client.pipeline(transaction=False) as pipe:  # what hiredis cannot pack
+        pipe.set(ours.scratch("x"), None)  # type: ignore[arg-type]
+        with pytest.raises(redis.exceptions.DataError):  # redis-py's own error, as before
+            await run_pipeline(pipe)
+
+
+async def test_run_pipeline_resends_only_when_asked(redis_url: str) -> None:
+    """A connection that died in the pool: sent again with *resend* (under the client's retry
+    policy, as redis-py does), the error raised without."""
+    keys = Keys(uuid.uuid4().hex)
+    client = redis.asyncio.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 1))
+    try:
+        for resend in (False, True):
+            conn = await client.connection_pool.get_connection()
+            await conn.send_command("CLIENT", "ID")
+            await client.client_kill_filter(_id=await conn.read_response())
+            await client.connection_pool.release(conn)
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.incr(keys.scratch("counter"))
+                if resend:
+                    assert await run_pipeline(pipe, resend=True) == [1]
+                else:
+                    with pytest.raises(redis.exceptions.ConnectionError):
+                        await run_pipeline(pipe)
+        assert await client.get(keys.scratch("counter")) == b"1"
+        await client.delete(keys.scratch("counter"))
+    finally:
+        await client.aclose()

@@ -213,7 +213,7 @@ class RunStore:
         with translate_errors("write a run"):
             async with self._client.pipeline(transaction=False) as pipe:
                 fill(pipe)
-                return await run_pipeline(pipe, raise_on_error=False)
+                return await run_pipeline(pipe, raise_on_error=False, resend=True)
 
     def finish(
         self,

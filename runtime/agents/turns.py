@@ -225,7 +225,7 @@ class SessionTurns:
                         [order, token, self._lease_ms, run_id],
                     )
                     runs.peek(run_id, pipe)
-                    reply, record = await run_pipeline(pipe)
+                    reply, record = await run_pipeline(pipe, resend=True)
             state, nxt, blocker, assigned_at = (_text(x) for x in reply[:4])
             if state in ("ok", "passed"):
                 return Turn(

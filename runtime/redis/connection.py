@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,39 +107,35 @@ def queue_script(pipe: Any, script: Any, keys: Sequence[Any], args: Sequence[Any
     pipe.eval(script.script, len(keys), *keys, *args)
 
 
-async def run_pipeline(pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
+async def run_pipeline(
+    pipe: Any, *, raise_on_error: bool = True, resend: bool = False
+) -> list[Any]:
     """Send the commands queued on a non-transactional pipeline and return their replies,
     as ``pipe.execute(raise_on_error=...)`` does, at a fraction of its cost.
 
     The commands are packed by hiredis (C) instead of redis-py's per-argument Python, and the
     replies are read off the connection and passed through the client's reply callbacks, so
-    callers see the same values. Unlike ``execute()`` it never sends a pipeline twice: after a
-    connection error the commands may have run, and what the hot paths queue here (scripts,
-    XADD) must not run twice; the error is raised. Falls back to ``execute()`` for cluster
-    pipelines, transactions, queued ``Script`` objects and arguments hiredis does not pack.
+    callers see the same values. After a connection error the commands may or may not have
+    run: with *resend* they are sent again as the client's retry policy says (redis-py's
+    default: not at all), for commands that are safe to repeat (fenced scripts, reads);
+    without, the error is raised at once, for commands that must not run twice (a submit
+    draws a number and adds an entry). Falls back to ``execute()`` (which resends as the
+    policy says) for cluster pipelines, transactions, queued ``Script`` objects and arguments
+    hiredis does not pack.
     """
     stack = list(pipe.command_stack)
     packed = _packed(pipe, stack)
     if packed is None:
         return list(await pipe.execute(raise_on_error=raise_on_error))
-    pool, callbacks = pipe.connection_pool, pipe.response_callbacks
+    pool = pipe.connection_pool
     conn = await pool.get_connection()
-    replies: list[Any] = []
+    replies: list[Any]
     try:
-        await conn.send_packed_command(packed)
-        for args, options in stack:  # every reply is read, errors too: the socket stays in step
-            try:
-                reply = await conn.read_response(disable_decoding=NEVER_DECODE in options)
-            except redis.exceptions.ResponseError as exc:
-                replies.append(exc)
-                continue
-            name = args[0]
-            if name in callbacks:
-                extra = {k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS}
-                reply = callbacks[name](reply, **extra)
-                if inspect.isawaitable(reply):
-                    reply = await reply
-            replies.append(reply)
+        exchange = functools.partial(_exchange, conn, packed, stack, pipe.response_callbacks)
+        if resend:
+            replies = await conn.retry.call_with_retry(exchange, _dropped(conn))
+        else:
+            replies = await exchange()
     except BaseException:
         with anyio.CancelScope(shield=True):  # replies may be left unread: drop the socket
             await conn.disconnect(nowait=True)
@@ -150,6 +147,34 @@ async def run_pipeline(pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
     if raise_on_error:
         pipe.raise_first_error(stack, replies)  # the first error, with its command's number
     return replies
+
+
+async def _exchange(
+    conn: Any, packed: bytes, stack: list[Any], callbacks: dict[Any, Any]
+) -> list[Any]:
+    await conn.send_packed_command(packed)
+    replies: list[Any] = []
+    for args, options in stack:  # every reply is read, errors too: the socket stays in step
+        try:
+            reply = await conn.read_response(disable_decoding=NEVER_DECODE in options)
+        except redis.exceptions.ResponseError as exc:
+            replies.append(exc)
+            continue
+        name = args[0]
+        if name in callbacks:
+            extra = {k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS}
+            reply = callbacks[name](reply, **extra)
+            if inspect.isawaitable(reply):
+                reply = await reply
+        replies.append(reply)
+    return replies
+
+
+def _dropped(conn: Any) -> Callable[[Exception], Awaitable[None]]:
+    async def drop(error: Exception) -> None:  # the next try connects afresh
+        await conn.disconnect()
+
+    return drop
 
 
 def _packed(pipe: Any, stack: list[Any]) -> bytes | None:
