@@ -11,7 +11,7 @@ import anyio.lowlevel
 import pytest
 import redis.asyncio
 
-from runtime import EnqueueError, Keys, Settings
+from runtime import EnqueueError, Keys, RedisConnectionError, Settings
 from runtime.agents import AgentClient, RunEvent, RunHandle
 from runtime.agents.protocol import RunRequest
 from runtime.agents.turns import ORPHAN_AFTER, SessionTurns
@@ -458,3 +458,24 @@ async def test_run_and_wait_submits_and_waits_in_one_call(
             await runs.run_and_wait("triage", "too slow", timeout=0.2)
     session = AgentSession("rw", client, keys=keys)
     assert texts(await session.get_items())[::2] == ["user: hi", "user: again", "user: slowly"]
+
+
+async def test_a_submit_cut_off_by_a_connection_error_is_raised_not_sent_twice(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings
+) -> None:
+    quick, _ = make_app()
+    runs = client_for(client, keys, agent_settings)
+    conn = await client.connection_pool.get_connection()  # the connection the submit will take
+    await conn.send_command("CLIENT", "ID")
+    await client.client_kill_filter(_id=await conn.read_response())
+    await client.connection_pool.release(conn)
+    with pytest.raises(RedisConnectionError):
+        await runs.run("triage", "once", session_id="cut", run_id="cut-1")
+    async with running_worker(agent_settings, client, serving=quick):
+        # it never reached Redis: the same id goes through, and runs once
+        result = await runs.run_and_wait("triage", "once", session_id="cut", run_id="cut-1")
+        assert result.ok and result.final_output == "reply to once"
+        with pytest.raises(EnqueueError, match="exists already"):
+            await runs.run("triage", "once", session_id="cut", run_id="cut-1")
+    session = AgentSession("cut", client, keys=keys)
+    assert texts(await session.get_items()) == ["user: once", "assistant: reply to once"]
