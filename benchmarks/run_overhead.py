@@ -10,7 +10,7 @@ Side by side, on one embedded Redis Stack, the same agent, model and kind of ses
   the turn's items written with the result) → ``handle.result()``; and the same through
   ``AgentClient.run_and_wait(...)`` (submit and first wait in one round trip);
 - floor: the same process crossings with none of the runtime: a bare worker process
-  (``--floor-worker``) reads an entry with XREADGROUP, reads the history in one script,
+  (``--floor-worker``) reads an entry with XREADGROUP, reads the history with LRANGE,
   runs ``Runner.run`` on a :class:`TurnSession`, and writes the items, a reply and the ack in
   one pipeline; the app sends the entry and waits for the reply in one round trip. What ours
   adds over it is the runtime's own work; what it adds over the baseline is the design's.
