@@ -70,3 +70,11 @@ def worker_process(
         [sys.executable, "-m", "runtime.worker", "--app", app_ref],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+async def kill_next_connection(client: redis.asyncio.Redis) -> None:
+    """Close, on the server's side, the pooled connection *client*'s next command will take."""
+    conn = await client.connection_pool.get_connection()
+    await conn.send_command("CLIENT", "ID")
+    await client.client_kill_filter(_id=await conn.read_response())
+    await client.connection_pool.release(conn)  # back on top of the pool, dead

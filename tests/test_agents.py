@@ -20,7 +20,7 @@ from runtime.producer import Producer
 from runtime.sessions import AgentSession
 from tests.agent_apps import make_app
 from tests.conftest import make_settings
-from tests.helpers import running_worker, wait_until, worker_process
+from tests.helpers import kill_next_connection, running_worker, wait_until, worker_process
 
 pytestmark = pytest.mark.anyio
 
@@ -465,10 +465,7 @@ async def test_a_submit_cut_off_by_a_connection_error_is_raised_not_sent_twice(
 ) -> None:
     quick, _ = make_app()
     runs = client_for(client, keys, agent_settings)
-    conn = await client.connection_pool.get_connection()  # the connection the submit will take
-    await conn.send_command("CLIENT", "ID")
-    await client.client_kill_filter(_id=await conn.read_response())
-    await client.connection_pool.release(conn)
+    await kill_next_connection(client)  # the connection the submit will take
     with pytest.raises(RedisConnectionError):
         await runs.run("triage", "once", session_id="cut", run_id="cut-1")
     async with running_worker(agent_settings, client, serving=quick):

@@ -31,6 +31,7 @@ from runtime import (
 from runtime.redis import exercise_modules, require_modules
 from runtime.redis.connection import run_pipeline
 from tests.conftest import embedded_settings
+from tests.helpers import kill_next_connection
 
 
 def closed_port() -> int:
@@ -200,10 +201,7 @@ async def test_run_pipeline_resends_only_when_asked(redis_url: str) -> None:
     client = redis.asyncio.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 1))
     try:
         for resend in (False, True):
-            conn = await client.connection_pool.get_connection()
-            await conn.send_command("CLIENT", "ID")
-            await client.client_kill_filter(_id=await conn.read_response())
-            await client.connection_pool.release(conn)
+            await kill_next_connection(client)
             async with client.pipeline(transaction=False) as pipe:
                 pipe.incr(keys.scratch("counter"))
                 if resend:

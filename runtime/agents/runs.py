@@ -124,18 +124,16 @@ class RunStore:
             "session_id": request.session_id or "",
             "submitted_at": request.submitted_at,
         }
-        args: list[Any] = [self._ttl]
-        for name, value in fields.items():
-            args += [name, value]
+        items = [part for pair in fields.items() for part in pair]
         record = self._keys.run(request.run_id)
         with translate_errors("submit a run"):
-            if not fresh_id and not await self._create(keys=[record], args=args):
+            if not fresh_id and not await self._create(keys=[record], args=[self._ttl, *items]):
                 return None
             async with self._client.pipeline(transaction=False) as pipe:
                 if also is not None:
                     also(pipe)
                 if fresh_id:  # a new random id cannot exist: no check, no script
-                    pipe.hset(record, items=args[1:])
+                    pipe.hset(record, items=items)
                     pipe.expire(record, self._ttl)
                 pipe.xadd(inbox, {"envelope": envelope})
                 pipe.hset(record, "enqueued", 1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,7 +133,8 @@ async def run_pipeline(
     try:
         exchange = functools.partial(_exchange, conn, packed, stack, pipe.response_callbacks)
         if resend:
-            replies = await conn.retry.call_with_retry(exchange, _dropped(conn))
+            # between tries the socket is dropped: the next one connects afresh
+            replies = await conn.retry.call_with_retry(exchange, lambda _: conn.disconnect())
         else:
             replies = await exchange()
     except BaseException:
@@ -168,13 +169,6 @@ async def _exchange(
                 reply = await reply
         replies.append(reply)
     return replies
-
-
-def _dropped(conn: Any) -> Callable[[Exception], Awaitable[None]]:
-    async def drop(error: Exception) -> None:  # the next try connects afresh
-        await conn.disconnect()
-
-    return drop
 
 
 def _packed(pipe: Any, stack: list[Any]) -> bytes | None:
