@@ -140,20 +140,23 @@ async def _attempt(run: _Run, agent: Agent[Any], state: str) -> None:
     began = time.monotonic()
     limit = ctx.settings.runs.timeout_seconds
     stream = request.stream if request.stream is not None else ctx.settings.runs.stream_deltas
-    run_scope = anyio.CancelScope()
+    # one scope: the run's time limit, and the handle the companion stops the run with
+    run_scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
     companion = run.companion = _Companion(run, run_scope, linger=0.0 if stream else _LINGER)
     outcome: BaseException | None = None
     result: Any = None
     try:
         with run_scope:
             try:
-                with anyio.fail_after(limit):
-                    result = await _run(ctx, request, agent, res, run, stream=stream)
+                result = await _run(ctx, request, agent, res, run, stream=stream)
             except Exception as exc:
                 outcome = exc
     finally:
         await companion.close()
-    outcome = companion.stop or outcome
+    if companion.stop is not None:
+        outcome = companion.stop
+    elif run_scope.cancelled_caught:
+        outcome = TimeoutError(f"timed out after {limit:g} s")
     if outcome is None:
         await _completed(run, result, began)
         return

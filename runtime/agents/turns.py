@@ -41,11 +41,10 @@ _POLL = 0.02
 _WAIT_WINDOW = 1.0
 _DEFER = 0.1
 
-# KEYS: turns. ARGV: run id, now → seq
+# KEYS: turns. ARGV: run id, now → seq ("next", the number due, is 1 while unset)
 _ASSIGN = """
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'run:' .. seq, ARGV[1], 'at:' .. seq, ARGV[2], 'id:' .. ARGV[1], seq)
-redis.call('HSETNX', KEYS[1], 'next', 1)
 return seq
 """
 
@@ -53,13 +52,13 @@ return seq
 # '0' = none), token, lease ms, run id.
 # → {state, next, blocking run id, its assign time, seq, history (when the turn was taken)}
 _TRY = """
-local seq = ARGV[1]
+local read = redis.call('HMGET', KEYS[1], 'next', 'id:' .. ARGV[4])
+local nxt, seq = tonumber(read[1] or '1'), ARGV[1]
 if seq == '' then
-  seq = redis.call('HGET', KEYS[1], 'id:' .. ARGV[4])
+  seq = read[2]
   if not seq then return {'unassigned', 0, '', '0', 0, {}} end
 end
 seq = tonumber(seq)
-local nxt = tonumber(redis.call('HGET', KEYS[1], 'next') or '1')
 if seq > nxt then
   return {'wait', nxt, redis.call('HGET', KEYS[1], 'run:' .. nxt) or '',
           redis.call('HGET', KEYS[1], 'at:' .. nxt) or '0', seq, {}}
@@ -94,21 +93,23 @@ _END = """
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[2] then return -1 end
 local seq = tonumber(ARGV[1])
-local nxt = tonumber(redis.call('HGET', KEYS[1], 'next') or '1')
+local read = redis.call('HMGET', KEYS[1], 'next', 'run:' .. seq)
+local nxt = tonumber(read[1] or '1')
 local held = tonumber(ARGV[6])
 local n = 0
 if held >= 0 then
   if not holder and seq > 0 and nxt ~= seq then return -1 end
   local keep = tonumber(ARGV[7])
-  n = redis.call('LLEN', KEYS[4])
+  n = nil
   if keep < held then
-    if n ~= held then return -2 end
+    if redis.call('LLEN', KEYS[4]) ~= held then return -2 end
     if keep == 0 then redis.call('DEL', KEYS[4]) else redis.call('LTRIM', KEYS[4], 0, keep - 1) end
     n = keep
   end
   for i = 8, #ARGV, 4000 do
     n = redis.call('RPUSH', KEYS[4], unpack(ARGV, i, math.min(i + 3999, #ARGV)))
   end
+  if not n then n = redis.call('LLEN', KEYS[4]) end
   local t = redis.call('TIME')
   t = t[1] .. '.' .. string.format('%06d', t[2])
   redis.call('HSET', KEYS[3], 'session_id', ARGV[5], 'updated_at', t, 'item_count', n)
@@ -121,9 +122,11 @@ if held >= 0 then
 end
 if ARGV[3] == '1' then
   if nxt == seq then redis.call('HSET', KEYS[1], 'next', seq + 1) end
-  local run = redis.call('HGET', KEYS[1], 'run:' .. seq)
-  if run then redis.call('HDEL', KEYS[1], 'id:' .. run) end
-  redis.call('HDEL', KEYS[1], 'run:' .. seq, 'at:' .. seq)
+  if read[2] then
+    redis.call('HDEL', KEYS[1], 'run:' .. seq, 'at:' .. seq, 'id:' .. read[2])
+  else
+    redis.call('HDEL', KEYS[1], 'run:' .. seq, 'at:' .. seq)
+  end
 end
 if holder then redis.call('DEL', KEYS[2]) end
 return n
