@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 import socket
 import uuid
@@ -9,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import redis.asyncio
 import redis.exceptions
@@ -153,12 +156,12 @@ async def test_plain_server_of_the_core_tests(plain_redis_url: str) -> None:
     assert int(info.version.split(".")[0]) >= 7
 
 
-def _queue_mixed(pipe: Any, keys: Keys) -> None:
+def _queue_mixed(pipe: Any, keys: Keys, event: bytes = b"\x00\xffjson") -> None:
     """Commands of every reply shape the agent paths send, an error reply among them."""
     stream, record = keys.scratch("stream"), keys.scratch("record")
     pipe.hset(record, mapping={"status": "queued", "at": 1.5})
     pipe.expire(record, 60)
-    pipe.xadd(stream, {"event": b"\x00\xffjson"}, maxlen=100, approximate=True)
+    pipe.xadd(stream, {"event": event}, maxlen=100, approximate=True)
     pipe.hmget(record, ["status", "missing"])
     pipe.eval("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}", 1, record, "é", 41)
     pipe.incr(record)  # WRONGTYPE: an error reply in the middle
@@ -166,14 +169,27 @@ def _queue_mixed(pipe: Any, keys: Keys) -> None:
     pipe.execute_command("SCRIPT EXISTS", "0" * 40)  # a command name of two words
 
 
-async def test_run_pipeline_replies_as_redis_py_does(client: redis.asyncio.Redis) -> None:
+async def test_run_pipeline_replies_as_redis_py_does(redis_url: str) -> None:
+    # bytes replies and replies decoded to str, in RESP3 (redis-py's default) and RESP2
+    for decoded, protocol in itertools.product((False, True), (3, 2)):
+        client = redis.asyncio.Redis.from_url(
+            redis_url, decode_responses=decoded, protocol=protocol
+        )
+        try:
+            await _compare_with_redis_py(client, "é json".encode() if decoded else None)
+        finally:
+            await client.aclose()
+
+
+async def _compare_with_redis_py(client: redis.asyncio.Redis, event: bytes | None) -> None:
     ours, theirs = Keys(f"{uuid.uuid4().hex}-a"), Keys(f"{uuid.uuid4().hex}-b")
+    mixed = functools.partial(_queue_mixed, event=event) if event else _queue_mixed
     async with client.pipeline(transaction=False) as pipe:
-        _queue_mixed(pipe, ours)
+        mixed(pipe, ours)
         got = await run_pipeline(pipe, raise_on_error=False)
         assert pipe.command_stack == []
     async with client.pipeline(transaction=False) as pipe:
-        _queue_mixed(pipe, theirs)
+        mixed(pipe, theirs)
         want = await pipe.execute(raise_on_error=False)
 
     def same(reply: Any) -> Any:  # the keys and stream ids differ between the two runs
@@ -185,13 +201,34 @@ async def test_run_pipeline_replies_as_redis_py_does(client: redis.asyncio.Redis
     assert [same(r) for r in got] == [same(r) for r in want]
     assert isinstance(got[5], redis.exceptions.ResponseError)
     async with client.pipeline(transaction=False) as pipe:  # the first error is raised
-        _queue_mixed(pipe, ours)
+        mixed(pipe, ours)
         with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
             await run_pipeline(pipe)
     async with client.pipeline(transaction=False) as pipe:  # what hiredis cannot pack
         pipe.set(ours.scratch("x"), None)  # type: ignore[arg-type]
         with pytest.raises(redis.exceptions.DataError):  # redis-py's own error, as before
             await run_pipeline(pipe)
+
+
+async def test_run_pipeline_times_out_and_drops_the_socket(redis_url: str) -> None:
+    """A reply later than ``socket_timeout`` raises redis-py's TimeoutError, and the late
+    reply is never read as the answer to a later command."""
+    keys = Keys(uuid.uuid4().hex)
+    slow = redis.asyncio.Redis.from_url(redis_url, socket_timeout=0.05)
+    try:
+        async with slow.pipeline(transaction=False) as pipe:
+            pipe.set(keys.scratch("x"), "1")
+            pipe.blpop([keys.scratch("empty")], 1)  # the server holds this reply for 1 s
+            with pytest.raises(redis.exceptions.TimeoutError):
+                await run_pipeline(pipe)
+        await anyio.sleep(1.1)  # the BLPOP's nil reply has been sent by now
+        async with slow.pipeline(transaction=False) as pipe:
+            pipe.get(keys.scratch("x"))
+            pipe.incr(keys.scratch("n"))
+            assert await run_pipeline(pipe) == [b"1", 1]
+        await slow.delete(keys.scratch("x"), keys.scratch("n"))
+    finally:
+        await slow.aclose()
 
 
 async def test_run_pipeline_resends_only_when_asked(redis_url: str) -> None:

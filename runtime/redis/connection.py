@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -154,12 +155,11 @@ async def _exchange(
     conn: Any, packed: bytes, stack: list[Any], callbacks: dict[Any, Any]
 ) -> list[Any]:
     await conn.send_packed_command(packed)
+    raw = await _read_replies(conn, stack)
     replies: list[Any] = []
-    for args, options in stack:  # every reply is read, errors too: the socket stays in step
-        try:
-            reply = await conn.read_response(disable_decoding=NEVER_DECODE in options)
-        except redis.exceptions.ResponseError as exc:
-            replies.append(exc)
+    for (args, options), reply in zip(stack, raw, strict=True):
+        if isinstance(reply, redis.exceptions.ResponseError):
+            replies.append(reply)
             continue
         name = args[0]
         if name in callbacks:
@@ -168,6 +168,41 @@ async def _exchange(
             if inspect.isawaitable(reply):
                 reply = await reply
         replies.append(reply)
+    return replies
+
+
+async def _read_replies(conn: Any, stack: list[Any]) -> list[Any]:
+    """One reply per command of *stack*, error replies as exception objects: every reply is
+    read, errors too, so the socket stays in step.
+
+    The replies are taken from the connection's parser directly, under one timeout for them
+    all (redis-py's ``read_response`` sets up a timeout and its error handling for each
+    reply); the errors raised are redis-py's own.
+    """
+    parser = getattr(conn, "_parser", None)
+    if not hasattr(parser, "read_response"):  # pragma: no cover - redis-py's parsers have it
+        replies: list[Any] = []
+        for _, options in stack:
+            try:
+                replies.append(await conn.read_response(NEVER_DECODE in options))
+            except redis.exceptions.ResponseError as exc:
+                replies.append(exc)
+        return replies
+    try:
+        async with asyncio.timeout(conn.socket_timeout):
+            replies = [
+                await parser.read_response(disable_decoding=NEVER_DECODE in options)
+                for _, options in stack
+            ]
+    except TimeoutError:
+        await conn.disconnect(nowait=True)
+        where = getattr(conn, "host", None) or getattr(conn, "path", "Redis")
+        raise redis.exceptions.TimeoutError(f"Timeout reading from {where}") from None
+    except OSError as exc:
+        await conn.disconnect(nowait=True)
+        raise redis.exceptions.ConnectionError(f"Error while reading from Redis: {exc}") from exc
+    if conn.health_check_interval:
+        conn.next_health_check = asyncio.get_running_loop().time() + conn.health_check_interval
     return replies
 
 
