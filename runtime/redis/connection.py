@@ -179,7 +179,7 @@ async def _read_replies(conn: Any, stack: list[Any]) -> list[Any]:
     all (redis-py's ``read_response`` sets up a timeout and its error handling for each
     reply); the errors raised are redis-py's own.
     """
-    parser = getattr(conn, "_parser", None)
+    parser: Any = getattr(conn, "_parser", None)
     if not hasattr(parser, "read_response"):  # pragma: no cover - redis-py's parsers have it
         replies: list[Any] = []
         for _, options in stack:
