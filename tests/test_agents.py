@@ -10,15 +10,16 @@ import anyio
 import anyio.lowlevel
 import pytest
 import redis.asyncio
+from agents import Agent
 
 from runtime import EnqueueError, Keys, RedisConnectionError, Settings
-from runtime.agents import AgentClient, RunEvent, RunHandle
+from runtime.agents import AgentApp, AgentClient, RunEvent, RunHandle
 from runtime.agents.protocol import RunRequest
 from runtime.agents.turns import ORPHAN_AFTER, SessionTurns
 from runtime.coordinator import AgentCoordinator, EventType
 from runtime.producer import Producer
 from runtime.sessions import AgentSession
-from tests.agent_apps import make_app
+from tests.agent_apps import EchoModel, make_app
 from tests.conftest import make_settings
 from tests.helpers import kill_next_connection, running_worker, wait_until, worker_process
 
@@ -54,6 +55,28 @@ def texts(items: list[dict[str, object]]) -> list[str]:
             content = " ".join(str(part.get("text", "")) for part in content)  # type: ignore[union-attr]
         out.append(f"{item.get('role')}: {content}")
     return out
+
+
+async def test_the_apps_model_runs_every_agent_and_an_agents_own_is_reported(
+    client: redis.asyncio.Redis,
+    keys: Keys,
+    agent_settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The app's model is the SDK's ``RunConfig.model``: it runs an agent that names a model
+    of its own too, and building the app says so (the docs promise both)."""
+    own = EchoModel("raise")  # would fail the run if it were used
+    app_model = EchoModel()
+    agent = Agent(name="solo", instructions="Answer.", model=own)
+    with caplog.at_level("WARNING"):
+        app = AgentApp("own-model", agents=[agent], model=app_model)
+    [record] = [r for r in caplog.records if r.getMessage() == "agents.own_model_not_used"]
+    assert record.aw_fields["agent"] == "solo"  # type: ignore[attr-defined]
+    runs = client_for(client, keys, agent_settings)
+    async with running_worker(agent_settings, client, serving=app):
+        result = await (await runs.run("solo", "hi")).result(timeout=10)
+    assert result.status == "completed" and result.final_output == "reply to hi"
+    assert own.calls == [] and len(app_model.calls) == 1
 
 
 async def test_single_run_result_and_events(

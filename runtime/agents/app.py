@@ -11,8 +11,9 @@
 
 Agent names must be unique and usable as target names (letters, digits, ``-``, ``_``, ``.``);
 every agent another one hands off to must be served too, so in-run handoffs stay in the
-worker's agent graph. The model is taken from the settings (``[models]``) unless the app (or
-an agent itself) sets one.
+worker's agent graph. The model is the app's ``model``, else the one the settings choose
+(``[models]``); it runs every agent of the app (the SDK's ``RunConfig.model``), so a model
+set on an agent itself is not used: a warning says so when the app is built.
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ class AgentApp(App):
         for agent in agents:
             self._add_agent(agent, timeout)
         self._check_handoffs()
+        for agent in self.agents.values():
+            if agent.model is not None and agent.model is not model:
+                log.warning(
+                    "agents.own_model_not_used",
+                    agent=agent.name,
+                    why="the worker runs every agent with the app's model, else the one the "
+                    "[models] settings choose",
+                )
 
     def _add_agent(self, agent: Agent[Any], timeout: float | None) -> None:
         try:

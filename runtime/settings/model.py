@@ -290,7 +290,7 @@ class StreamSettings(Section, frozen=True, kw_only=True):
 
 
 class ModelSettingsSection(Section, frozen=True, kw_only=True):
-    """Which model the agents use (agents that set their own model keep it)."""
+    """Which model runs the agents, unless the app sets one (it runs every agent of the app)."""
 
     provider: Annotated[
         Literal["auto", "openai", "compatible", "litellm", "demo"],
