@@ -15,10 +15,14 @@ Side by side, on one embedded Redis Stack, the same agent, model and kind of ses
   one pipeline; the app sends the entry and waits for the reply in one round trip. What ours
   adds over it is the runtime's own work; what it adds over the baseline is the design's.
 
+- reference: ``Runner.run(agent, text)`` in-process without a session, the kind of figure the
+  goal was set beside (~0.9 ms p50 with "a minimal model"): how fast this shared machine is
+  during the run, to tell a slow period from a slower runtime when runs are compared.
+
 The sides run in alternating blocks of 50, so a change in the machine's load (this is a
 shared two-core machine) hits all alike; the difference is also given per block.
 
-The model answers at once with a fixed message (no network) and tracing is off on both sides,
+The model answers at once with a fixed message (no network) and tracing is off on all sides,
 so the difference is the runtime's own cost. Goal: ≤ 1 ms p50 added. Writes
 benchmarks/results/run_overhead.json.
 """
@@ -51,6 +55,7 @@ from runtime.sessions import AgentSession
 ROOT = Path(__file__).resolve().parent.parent
 _BLOCK = 50  # runs per side before switching to the next
 SIDES = {
+    "reference": "Runner.run in-process, no session (machine speed)",
     "baseline": "Runner.run in-process + AgentSession (baseline)",
     "floor": "bare stream worker, same crossings (floor)",
     "run": "runtime: client.run() + handle.result()",
@@ -89,6 +94,16 @@ def _summary(samples: list[float]) -> dict[str, float]:
         "p99_ms": round(_percentile(ms, 0.99), 3),
         "runs": len(ms),
     }
+
+
+async def _reference(runs: int) -> list[float]:
+    config = RunConfig(tracing_disabled=True)
+    samples = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        await Runner.run(AGENT, "hello", run_config=config)
+        samples.append(time.perf_counter() - began)
+    return samples
 
 
 async def _baseline(client: redis.asyncio.Redis, keys: Keys, runs: int, tag: str) -> list[float]:
@@ -182,11 +197,13 @@ async def _compare(url: str, client: redis.asyncio.Redis, runs: int) -> dict[str
     try:
         for n in range(20):  # warm-up: the worker starts, scripts load, connections open
             await (await runner.run("bench", "hello", session_id=f"warm-{n}")).result(60)
+        await _reference(20)
         await _baseline(client, keys, 20, "warm")
         await _floor(client, keys.prefix, 20, "warm")
         block = max(1, min(_BLOCK, runs))
         for round_ in range(-(-runs // block)):
             size = min(block, runs - round_ * block)
+            samples["reference"] += await _reference(size)
             samples["baseline"] += await _baseline(client, keys, size, str(round_))
             samples["floor"] += await _floor(client, keys.prefix, size, str(round_))
             samples["run"] += await _ours(runner, size, str(round_), one_call=False)
@@ -232,7 +249,7 @@ async def main(runs: int) -> None:
         summary = _summary(samples[side])
         doc[side] = summary
         row = f"{label:52s} {summary['p50_ms']:7.3f}  {summary['p99_ms']:7.3f}"
-        if side != "baseline":
+        if side not in ("reference", "baseline"):
             added, per_block = _added(samples[side], samples["baseline"])
             summary |= {
                 "ratio_p50": round(summary["p50_ms"] / doc["baseline"]["p50_ms"], 3),
@@ -240,7 +257,7 @@ async def main(runs: int) -> None:
                 "added_per_block_median_ms": round(per_block, 3),
             }
             row += f"  {summary['ratio_p50']:5.2f}  {added:7.3f} ({per_block:.3f})"
-        if side not in ("baseline", "floor"):
+        if side in ("run", "run_and_wait"):
             over, over_block = _added(samples[side], samples["floor"])
             summary |= {
                 "over_floor_p50_ms": round(over, 3),
