@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 import re
 import socket
@@ -32,7 +31,7 @@ from runtime import (
     translate_errors,
 )
 from runtime.redis import exercise_modules, require_modules
-from runtime.redis.connection import run_pipeline
+from runtime.redis.connection import Batch, first_error, run_batch
 from tests.conftest import embedded_settings
 from tests.helpers import kill_next_connection
 
@@ -156,82 +155,104 @@ async def test_plain_server_of_the_core_tests(plain_redis_url: str) -> None:
     assert int(info.version.split(".")[0]) >= 7
 
 
-def _queue_mixed(pipe: Any, keys: Keys, event: bytes = b"\x00\xffjson") -> None:
-    """Commands of every reply shape the agent paths send, an error reply among them."""
+def _queue_every_kind(pipe: Any, keys: Keys) -> None:
+    """Every command and argument form the agent paths queue, through the Batch methods."""
     stream, record = keys.scratch("stream"), keys.scratch("record")
     pipe.hset(record, mapping={"status": "queued", "at": 1.5})
+    pipe.hset(record, "enqueued", 1)
+    pipe.hset(record, items=["worker", "w-1", "n", 7])
     pipe.expire(record, 60)
-    pipe.xadd(stream, {"event": event}, maxlen=100, approximate=True)
+    pipe.xadd(stream, {"event": b"\x00\xffjson"}, maxlen=100, approximate=True)
+    pipe.xadd(stream, {"event": "é"}, maxlen=100, approximate=False)
+    pipe.xadd(stream, {"event": "x"})
     pipe.hmget(record, ["status", "missing"])
     pipe.eval("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}", 1, record, "é", 41)
-    pipe.incr(record)  # WRONGTYPE: an error reply in the middle
     pipe.xread({stream: "0-0"}, count=10)
-    pipe.execute_command("SCRIPT EXISTS", "0" * 40)  # a command name of two words
+    pipe.xread({stream: "0-0", keys.scratch("other"): "0-0"}, count=1, block=5)
+    pipe.xack(stream, "group", "1-0", "2-0")
+    pipe.xdel(stream, "1-0")
 
 
-async def test_run_pipeline_replies_as_redis_py_does(redis_url: str) -> None:
+async def test_a_batch_sends_what_redis_py_would(client: redis.asyncio.Redis) -> None:
+    keys = Keys(uuid.uuid4().hex)
+    batch = Batch()
+    _queue_every_kind(batch, keys)
+    async with client.pipeline(transaction=False) as pipe:
+        _queue_every_kind(pipe, keys)
+        theirs = [args for args, _ in pipe.command_stack]
+
+    def wire(args: tuple[Any, ...]) -> list[bytes]:  # as the server reads them
+        return [a if isinstance(a, bytes) else str(a).encode() for a in args]
+
+    assert [wire(args) for args in batch.commands] == [wire(args) for args in theirs]
+
+
+async def test_run_batch_returns_the_replies_as_redis_sent_them(redis_url: str) -> None:
     # bytes replies and replies decoded to str, in RESP3 (redis-py's default) and RESP2
     for decoded, protocol in itertools.product((False, True), (3, 2)):
         client = redis.asyncio.Redis.from_url(
             redis_url, decode_responses=decoded, protocol=protocol
         )
         try:
-            await _compare_with_redis_py(client, "é json".encode() if decoded else None)
+            await _raw_replies(client, decoded, protocol)
         finally:
             await client.aclose()
 
 
-async def _compare_with_redis_py(client: redis.asyncio.Redis, event: bytes | None) -> None:
-    ours, theirs = Keys(f"{uuid.uuid4().hex}-a"), Keys(f"{uuid.uuid4().hex}-b")
-    mixed = functools.partial(_queue_mixed, event=event) if event else _queue_mixed
-    async with client.pipeline(transaction=False) as pipe:
-        mixed(pipe, ours)
-        got = await run_pipeline(pipe, raise_on_error=False)
-        assert pipe.command_stack == []
-    async with client.pipeline(transaction=False) as pipe:
-        mixed(pipe, theirs)
-        want = await pipe.execute(raise_on_error=False)
+async def _raw_replies(client: redis.asyncio.Redis, decoded: bool, protocol: int) -> None:
+    def text(value: str) -> Any:
+        return value if decoded else value.encode()
 
-    def same(reply: Any) -> Any:  # the keys and stream ids differ between the two runs
-        if isinstance(reply, Exception):
-            return (type(reply), str(reply))
-        text = repr(reply).replace(ours.prefix, "P").replace(theirs.prefix, "P")
-        return re.sub(r"\d{13}-\d+", "ID", text)
+    keys = Keys(uuid.uuid4().hex)
+    stream, record = keys.scratch("stream"), keys.scratch("record")
+    batch = Batch()
+    batch.hset(record, mapping={"status": "queued", "at": 1.5})
+    batch.expire(record, 60)
+    batch.xadd(stream, {"event": "é json"}, maxlen=100, approximate=True)
+    batch.hmget(record, ["status", "missing"])
+    batch.eval("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}", 1, record, "é", 41)
+    batch.execute_command("INCR", record)  # WRONGTYPE: an error reply in the middle
+    batch.xread({stream: "0-0"}, count=10)
+    replies = await run_batch(client, batch)
+    assert batch.commands == []
+    added, wrongtype, read = replies[2], replies[5], replies[6]
+    assert replies[:2] == [2, 1] and replies[3] == [text("queued"), None]
+    assert isinstance(added, str if decoded else bytes) and re.fullmatch(r"\d+-0", text_of(added))
+    assert replies[4] == [text(record), text("é"), 42]
+    assert isinstance(wrongtype, redis.exceptions.ResponseError)
+    assert "WRONGTYPE" in str(wrongtype)
+    entries = [[added, [text("event"), text("é json")]]]
+    assert read == ({text(stream): entries} if protocol == 3 else [[text(stream), entries]])
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        first_error(replies)
+    await client.delete(stream, record)
 
-    assert [same(r) for r in got] == [same(r) for r in want]
-    assert isinstance(got[5], redis.exceptions.ResponseError)
-    async with client.pipeline(transaction=False) as pipe:  # the first error is raised
-        mixed(pipe, ours)
-        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
-            await run_pipeline(pipe)
-    async with client.pipeline(transaction=False) as pipe:  # what hiredis cannot pack
-        pipe.set(ours.scratch("x"), None)  # type: ignore[arg-type]
-        with pytest.raises(redis.exceptions.DataError):  # redis-py's own error, as before
-            await run_pipeline(pipe)
+
+def text_of(value: str | bytes) -> str:
+    return value if isinstance(value, str) else value.decode()
 
 
-async def test_run_pipeline_times_out_and_drops_the_socket(redis_url: str) -> None:
+async def test_run_batch_times_out_and_drops_the_socket(redis_url: str) -> None:
     """A reply later than ``socket_timeout`` raises redis-py's TimeoutError, and the late
     reply is never read as the answer to a later command."""
     keys = Keys(uuid.uuid4().hex)
     slow = redis.asyncio.Redis.from_url(redis_url, socket_timeout=0.05)
     try:
-        async with slow.pipeline(transaction=False) as pipe:
-            pipe.set(keys.scratch("x"), "1")
-            pipe.blpop([keys.scratch("empty")], 1)  # the server holds this reply for 1 s
-            with pytest.raises(redis.exceptions.TimeoutError):
-                await run_pipeline(pipe)
+        batch = Batch()
+        batch.execute_command("SET", keys.scratch("x"), "1")
+        batch.execute_command("BLPOP", keys.scratch("empty"), 1)  # held for 1 s
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await run_batch(slow, batch)
         await anyio.sleep(1.1)  # the BLPOP's nil reply has been sent by now
-        async with slow.pipeline(transaction=False) as pipe:
-            pipe.get(keys.scratch("x"))
-            pipe.incr(keys.scratch("n"))
-            assert await run_pipeline(pipe) == [b"1", 1]
+        batch.execute_command("GET", keys.scratch("x"))
+        batch.execute_command("INCR", keys.scratch("n"))
+        assert await run_batch(slow, batch) == [b"1", 1]
         await slow.delete(keys.scratch("x"), keys.scratch("n"))
     finally:
         await slow.aclose()
 
 
-async def test_run_pipeline_resends_only_when_asked(redis_url: str) -> None:
+async def test_run_batch_resends_only_when_asked(redis_url: str) -> None:
     """A connection that died in the pool: sent again with *resend* (under the client's retry
     policy, as redis-py does), the error raised without."""
     keys = Keys(uuid.uuid4().hex)
@@ -239,13 +260,13 @@ async def test_run_pipeline_resends_only_when_asked(redis_url: str) -> None:
     try:
         for resend in (False, True):
             await kill_next_connection(client)
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.incr(keys.scratch("counter"))
-                if resend:
-                    assert await run_pipeline(pipe, resend=True) == [1]
-                else:
-                    with pytest.raises(redis.exceptions.ConnectionError):
-                        await run_pipeline(pipe)
+            batch = Batch()
+            batch.execute_command("INCR", keys.scratch("counter"))
+            if resend:
+                assert await run_batch(client, batch, resend=True) == [1]
+            else:
+                with pytest.raises(redis.exceptions.ConnectionError):
+                    await run_batch(client, batch)
         assert await client.get(keys.scratch("counter")) == b"1"
         await client.delete(keys.scratch("counter"))
     finally:

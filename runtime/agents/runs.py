@@ -17,7 +17,13 @@ import redis.asyncio
 
 from runtime.agents.protocol import TERMINAL_STATUS, RunEvent, RunRequest, RunResult
 from runtime.keys import Keys
-from runtime.redis.connection import queue_script, run_pipeline, translate_errors
+from runtime.redis.connection import (
+    Batch,
+    first_error,
+    queue_script,
+    run_batch,
+    translate_errors,
+)
 from runtime.settings.model import RunSettings
 
 __all__ = ["Also", "RunStore"]
@@ -129,17 +135,18 @@ class RunStore:
         with translate_errors("submit a run"):
             if not fresh_id and not await self._create(keys=[record], args=[self._ttl, *items]):
                 return None
-            async with self._client.pipeline(transaction=False) as pipe:
-                if also is not None:
-                    also(pipe)
-                if fresh_id:  # a new random id cannot exist: no check, no script
-                    pipe.hset(record, items=items)
-                    pipe.expire(record, self._ttl)
-                pipe.xadd(inbox, {"envelope": envelope})
-                pipe.hset(record, "enqueued", 1)
-                if wait_ms is not None:
-                    self._read(pipe, request.run_id, "0-0", block_ms=wait_ms, count=_COUNT)
-                replies = await run_pipeline(pipe)
+            batch = Batch()
+            if also is not None:
+                also(batch)
+            if fresh_id:  # a new random id cannot exist: no check, no script
+                batch.hset(record, items=items)
+                batch.expire(record, self._ttl)
+            batch.xadd(inbox, {"envelope": envelope})
+            batch.hset(record, "enqueued", 1)
+            if wait_ms is not None:
+                self._read(batch, request.run_id, "0-0", block_ms=wait_ms, count=_COUNT)
+            replies = await run_batch(self._client, batch)
+            first_error(replies)
         events = _events(replies.pop()) if wait_ms is not None else []
         entry_id = replies[-2]
         return (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)), events
@@ -209,9 +216,9 @@ class RunStore:
         """Run the commands *fill* queues in one round trip; their replies, errors included
         (a failed command does not stop the others)."""
         with translate_errors("write a run"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                fill(pipe)
-                return await run_pipeline(pipe, raise_on_error=False, resend=True)
+            batch = Batch()
+            fill(batch)
+            return await run_batch(self._client, batch, resend=True)
 
     def finish(
         self,
@@ -274,11 +281,15 @@ class RunStore:
 
 
 def _events(reply: Any) -> list[RunEvent]:
-    """Run events from an XREAD reply (in order, each with its stream id)."""
+    """Run events from an XREAD reply (in order, each with its stream id): as redis-py
+    parses it, or as Redis sent it (an entry's fields then a flat list)."""
     events = []
     for _stream, entries in _items(reply):
         for entry_id, fields in entries:
-            event = _event_decoder.decode(fields[b"event"])
+            raw = (
+                fields[b"event"] if isinstance(fields, dict) else fields[fields.index(b"event") + 1]
+            )
+            event = _event_decoder.decode(raw)
             events.append(msgspec.structs.replace(event, id=entry_id.decode()))
     return events
 

@@ -30,7 +30,13 @@ from runtime.agents.runs import RunStore
 from runtime.errors import Defer
 from runtime.keys import Keys
 from runtime.log import get_logger
-from runtime.redis.connection import queue_script, run_pipeline, translate_errors
+from runtime.redis.connection import (
+    Batch,
+    first_error,
+    queue_script,
+    run_batch,
+    translate_errors,
+)
 
 __all__ = ["CONFLICT", "NOT_OURS", "ORPHAN_AFTER", "SessionTurns", "Turn", "check_end"]
 
@@ -220,15 +226,17 @@ class SessionTurns:
         deadline = time.monotonic() + _WAIT_WINDOW
         while True:
             with translate_errors("take a conversation's turn"):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    queue_script(
-                        pipe,
-                        self._try,
-                        [turns, lease, k.session_items(session_id)],
-                        [order, token, self._lease_ms, run_id],
-                    )
-                    runs.peek(run_id, pipe)
-                    reply, record = await run_pipeline(pipe, resend=True)
+                batch = Batch()
+                queue_script(
+                    batch,
+                    self._try,
+                    [turns, lease, k.session_items(session_id)],
+                    [order, token, self._lease_ms, run_id],
+                )
+                runs.peek(run_id, batch)
+                replies = await run_batch(self._client, batch, resend=True)
+                first_error(replies)
+                reply, record = replies
             state, nxt, blocker, assigned_at = (_text(x) for x in reply[:4])
             if state in ("ok", "passed"):
                 return Turn(

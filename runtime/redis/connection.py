@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import inspect
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import redis.asyncio
-import redis.asyncio.client
 import redis.exceptions
-from redis.client import NEVER_DECODE
 
 try:
     from hiredis import pack_command as _pack
@@ -41,15 +37,17 @@ from runtime.settings.model import RedisSettings, Settings
 
 __all__ = [
     "MODULES",
+    "Batch",
     "Connection",
     "ServerInfo",
     "create_client",
     "execute",
+    "first_error",
     "open_redis",
     "queue_script",
     "read_server_info",
     "require_modules",
-    "run_pipeline",
+    "run_batch",
     "translate_errors",
 ]
 
@@ -108,36 +106,110 @@ def queue_script(pipe: Any, script: Any, keys: Sequence[Any], args: Sequence[Any
     pipe.eval(script.script, len(keys), *keys, *args)
 
 
-async def run_pipeline(
-    pipe: Any, *, raise_on_error: bool = True, resend: bool = False
-) -> list[Any]:
-    """Send the commands queued on a non-transactional pipeline and return their replies,
-    as ``pipe.execute(raise_on_error=...)`` does, at a fraction of its cost.
+class Batch:
+    """Commands for one round trip, kept as their arguments: a lean stand-in for a redis-py
+    pipeline on the paths every agent run takes (see :func:`run_batch`).
 
-    The commands are packed by hiredis (C) instead of redis-py's per-argument Python, and the
-    replies are read off the connection and passed through the client's reply callbacks, so
-    callers see the same values. After a connection error the commands may or may not have
-    run: with *resend* they are sent again as the client's retry policy says (redis-py's
-    default: not at all), for commands that are safe to repeat (fenced scripts, reads);
-    without, the error is raised at once, for commands that must not run twice (a submit
-    draws a number and adds an entry). Falls back to ``execute()`` (which resends as the
-    policy says) for cluster pipelines, transactions, queued ``Script`` objects and arguments
-    hiredis does not pack.
+    Its methods take redis-py's arguments for the commands those paths send, so code that
+    queues on "a pipeline" (``TaskContext.ack_in``, ``RunStore.finish``) takes either.
     """
-    stack = list(pipe.command_stack)
-    packed = _packed(pipe, stack)
-    if packed is None:
-        return list(await pipe.execute(raise_on_error=raise_on_error))
-    pool = pipe.connection_pool
+
+    __slots__ = ("commands",)
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def __len__(self) -> int:
+        return len(self.commands)
+
+    def execute_command(self, *args: Any, **options: Any) -> None:
+        self.commands.append(args)
+
+    def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> None:
+        self.commands.append(("EVAL", script, numkeys, *keys_and_args))
+
+    def hset(
+        self,
+        name: Any,
+        key: Any = None,
+        value: Any = None,
+        mapping: dict[Any, Any] | None = None,
+        items: list[Any] | None = None,
+    ) -> None:
+        pairs: list[Any] = [] if key is None else [key, value]
+        for field_, value_ in (mapping or {}).items():
+            pairs += (field_, value_)
+        self.commands.append(("HSET", name, *pairs, *(items or ())))
+
+    def hmget(self, name: Any, keys: Sequence[Any]) -> None:
+        self.commands.append(("HMGET", name, *keys))
+
+    def expire(self, name: Any, time: int) -> None:
+        self.commands.append(("EXPIRE", name, time))
+
+    def xadd(
+        self,
+        name: Any,
+        fields: dict[Any, Any],
+        id: Any = "*",
+        maxlen: int | None = None,
+        approximate: bool = True,
+    ) -> None:
+        trim: tuple[Any, ...] = ()
+        if maxlen is not None:
+            trim = ("MAXLEN", "~", maxlen) if approximate else ("MAXLEN", maxlen)
+        flat = [part for pair in fields.items() for part in pair]
+        self.commands.append(("XADD", name, *trim, id, *flat))
+
+    def xread(
+        self, streams: dict[Any, Any], count: int | None = None, block: int | None = None
+    ) -> None:
+        options: tuple[Any, ...] = () if block is None else ("BLOCK", block)
+        if count is not None:
+            options += ("COUNT", count)
+        self.commands.append(("XREAD", *options, "STREAMS", *streams, *streams.values()))
+
+    def xack(self, name: Any, groupname: Any, *ids: Any) -> None:
+        self.commands.append(("XACK", name, groupname, *ids))
+
+    def xdel(self, name: Any, *ids: Any) -> None:
+        self.commands.append(("XDEL", name, *ids))
+
+
+async def run_batch(
+    client: redis.asyncio.Redis, batch: Batch, *, resend: bool = False
+) -> list[Any]:
+    """Send *batch* in one write and return the replies as Redis sent them, error replies as
+    exception objects in their place: redis-py's parser reads them, none of its reply
+    callbacks runs (``EXPIRE`` gives ``1``, not ``True``; ``XREAD`` gives the RESP2 list or
+    the RESP3 map, an entry's fields a flat list).
+
+    The commands are packed by hiredis (C) and the replies read under one timeout: a
+    fraction of what a redis-py pipeline costs in Python, on the paths every run takes.
+    After a connection error the commands may or may not have run: with *resend* they are
+    sent again as the client's retry policy says (redis-py's default: not at all), for
+    commands that are safe to repeat (fenced scripts, reads); without, the error is raised
+    at once, for commands that must not run twice (a submit draws a number and adds an
+    entry). A client other than ``redis.asyncio.Redis`` (a cluster client) gets redis-py's
+    own pipeline, and its reply callbacks.
+    """
+    commands, batch.commands = batch.commands, []
+    if not isinstance(client, redis.asyncio.Redis) or _pack is None:  # pragma: no cover
+        async with client.pipeline(transaction=False) as pipe:
+            for args in commands:
+                pipe.execute_command(*args)
+            return list(await pipe.execute(raise_on_error=False))
+    packed = b"".join(_pack(args) for args in commands)
+    pool: Any = client.connection_pool
     conn = await pool.get_connection()
-    replies: list[Any]
     try:
-        exchange = functools.partial(_exchange, conn, packed, stack, pipe.response_callbacks)
         if resend:
             # between tries the socket is dropped: the next one connects afresh
-            replies = await conn.retry.call_with_retry(exchange, lambda _: conn.disconnect())
+            replies: list[Any] = await conn.retry.call_with_retry(
+                lambda: _exchange(conn, packed, len(commands)), lambda _: conn.disconnect()
+            )
         else:
-            replies = await exchange()
+            replies = await _exchange(conn, packed, len(commands))
     except BaseException:
         with anyio.CancelScope(shield=True):  # replies may be left unread: drop the socket
             await conn.disconnect(nowait=True)
@@ -145,55 +217,33 @@ async def run_pipeline(
     finally:
         with anyio.CancelScope(shield=True):
             await pool.release(conn)
-        pipe.command_stack.clear()
-    if raise_on_error:
-        pipe.raise_first_error(stack, replies)  # the first error, with its command's number
     return replies
 
 
-async def _exchange(
-    conn: Any, packed: bytes, stack: list[Any], callbacks: dict[Any, Any]
-) -> list[Any]:
+async def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
     await conn.send_packed_command(packed)
-    raw = await _read_replies(conn, stack)
-    replies: list[Any] = []
-    for (args, options), reply in zip(stack, raw, strict=True):
-        if isinstance(reply, redis.exceptions.ResponseError):
-            replies.append(reply)
-            continue
-        name = args[0]
-        if name in callbacks:
-            extra = {k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS}
-            reply = callbacks[name](reply, **extra)
-            if inspect.isawaitable(reply):
-                reply = await reply
-        replies.append(reply)
-    return replies
+    return await _read_replies(conn, count)
 
 
-async def _read_replies(conn: Any, stack: list[Any]) -> list[Any]:
-    """One reply per command of *stack*, error replies as exception objects: every reply is
-    read, errors too, so the socket stays in step.
+def first_error(replies: Sequence[Any]) -> None:
+    """Raise the first error reply among *replies*, if any."""
+    for reply in replies:
+        if isinstance(reply, redis.exceptions.RedisError):
+            raise reply
+
+
+async def _read_replies(conn: Any, count: int) -> list[Any]:
+    """*count* replies, error replies as exception objects: every reply is read, errors
+    too, so the socket stays in step.
 
     The replies are taken from the connection's parser directly, under one timeout for them
     all (redis-py's ``read_response`` sets up a timeout and its error handling for each
     reply); the errors raised are redis-py's own.
     """
-    parser: Any = getattr(conn, "_parser", None)
-    if not hasattr(parser, "read_response"):  # pragma: no cover - redis-py's parsers have it
-        replies: list[Any] = []
-        for _, options in stack:
-            try:
-                replies.append(await conn.read_response(NEVER_DECODE in options))
-            except redis.exceptions.ResponseError as exc:
-                replies.append(exc)
-        return replies
+    parser: Any = conn._parser
     try:
         async with asyncio.timeout(conn.socket_timeout):
-            replies = [
-                await parser.read_response(disable_decoding=NEVER_DECODE in options)
-                for _, options in stack
-            ]
+            replies = [await parser.read_response() for _ in range(count)]
     except TimeoutError:
         await conn.disconnect(nowait=True)
         where = getattr(conn, "host", None) or getattr(conn, "path", "Redis")
@@ -204,35 +254,6 @@ async def _read_replies(conn: Any, stack: list[Any]) -> list[Any]:
     if conn.health_check_interval:
         conn.next_health_check = asyncio.get_running_loop().time() + conn.health_check_interval
     return replies
-
-
-def _packed(pipe: Any, stack: list[Any]) -> bytes | None:
-    """The commands of *pipe* as one write, or ``None`` where it takes redis-py's path."""
-    plain = (
-        _pack is not None
-        and type(pipe) is redis.asyncio.client.Pipeline  # not a cluster pipeline
-        and stack
-        and not (pipe.scripts or pipe.is_transaction or pipe.explicit_transaction)
-        and not (pipe.watching or pipe.connection)
-    )
-    if not plain:
-        return None
-    try:
-        return b"".join(_pack(_wire_args(args)) for args, _ in stack)
-    except TypeError:  # e.g. a bool or None: redis-py's own path raises its DataError
-        return None
-
-
-# pipeline options redis-py keeps from its reply callbacks
-_NOT_FOR_CALLBACKS = frozenset({NEVER_DECODE, "keys"})
-
-
-def _wire_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Command arguments as Redis reads them: a command name holding a space is two words."""
-    first = args[0]
-    if isinstance(first, str) and " " in first:
-        return (*first.split(), *args[1:])
-    return args
 
 
 async def execute(client: redis.asyncio.Redis, *args: str | bytes | int | float) -> Any:
