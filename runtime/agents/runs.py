@@ -268,16 +268,17 @@ class RunStore:
         self, run_id: str, after: str = "0-0", *, block_ms: int | None = None, count: int = _COUNT
     ) -> list[RunEvent]:
         """Events after the id *after*, waiting up to *block_ms* for one when there is none."""
+        batch = Batch()
+        self._read(batch, run_id, after, block_ms=block_ms, count=count)
         with translate_errors("read run events"):
-            reply: Any = await self._read(
-                self._client, run_id, after, block_ms=block_ms, count=count
-            )
+            (reply,) = await run_batch(self._client, batch)
+            first_error([reply])
         return _events(reply)
 
     def _read(
-        self, client: Any, run_id: str, after: str, *, block_ms: int | None, count: int
-    ) -> Any:
-        return client.xread({self._keys.run_events(run_id): after}, count=count, block=block_ms)
+        self, batch: Batch, run_id: str, after: str, *, block_ms: int | None, count: int
+    ) -> None:
+        batch.xread({self._keys.run_events(run_id): after}, count=count, block=block_ms)
 
 
 def _events(reply: Any) -> list[RunEvent]:
