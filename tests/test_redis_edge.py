@@ -225,6 +225,9 @@ async def _raw_replies(client: redis.asyncio.Redis, decoded: bool, protocol: int
     assert read == ({text(stream): entries} if protocol == 3 else [[text(stream), entries]])
     with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
         first_error(replies)
+    batch.execute_command("SET", record, None)  # what hiredis cannot pack: redis-py's error
+    with pytest.raises(redis.exceptions.DataError, match="cannot send a command"):
+        await run_batch(client, batch)
     await client.delete(stream, record)
 
 

@@ -65,7 +65,7 @@ class AgentApp(App):
             self._add_agent(agent, timeout)
         self._check_handoffs()
         for agent in self.agents.values():
-            if agent.model is not None and agent.model is not model:
+            if agent.model is not None and agent.model != model:
                 log.warning(
                     "agents.own_model_not_used",
                     agent=agent.name,

@@ -287,10 +287,9 @@ def _events(reply: Any) -> list[RunEvent]:
     events = []
     for _stream, entries in _items(reply):
         for entry_id, fields in entries:
-            raw = (
-                fields[b"event"] if isinstance(fields, dict) else fields[fields.index(b"event") + 1]
-            )
-            event = _event_decoder.decode(raw)
+            if not isinstance(fields, dict):  # as Redis sent them: [field, value, …]
+                fields = dict(zip(fields[::2], fields[1::2], strict=True))
+            event = _event_decoder.decode(fields[b"event"])
             events.append(msgspec.structs.replace(event, id=entry_id.decode()))
     return events
 

@@ -119,9 +119,6 @@ class Batch:
     def __init__(self) -> None:
         self.commands: list[tuple[Any, ...]] = []
 
-    def __len__(self) -> int:
-        return len(self.commands)
-
     def execute_command(self, *args: Any, **options: Any) -> None:
         self.commands.append(args)
 
@@ -199,7 +196,10 @@ async def run_batch(
             for args in commands:
                 pipe.execute_command(*args)
             return list(await pipe.execute(raise_on_error=False))
-    packed = b"".join(_pack(args) for args in commands)
+    try:
+        packed = b"".join(_pack(args) for args in commands)
+    except TypeError as exc:  # e.g. None or a bool among the arguments
+        raise redis.exceptions.DataError(f"cannot send a command: {exc}") from None
     pool: Any = client.connection_pool
     conn = await pool.get_connection()
     try:
