@@ -183,12 +183,13 @@ async def run_batch(
 
     The commands are packed by hiredis (C) and the replies read under one timeout: a
     fraction of what a redis-py pipeline costs in Python, on the paths every run takes.
-    After a connection error the commands may or may not have run: with *resend* they are
-    sent again as the client's retry policy says (redis-py's default: not at all), for
-    commands that are safe to repeat (fenced scripts, reads); without, the error is raised
-    at once, for commands that must not run twice (a submit draws a number and adds an
-    entry). A client other than ``redis.asyncio.Redis`` (a cluster client) gets redis-py's
-    own pipeline, and its reply callbacks.
+    After a connection error or a timeout the commands may or may not have run: with
+    *resend* they are sent again as the client's retry policy says (its ``retry``; redis-py
+    8 retries both, up to 10 times with backoff, by default), for commands that are safe to
+    repeat (fenced scripts, reads); without, the error is raised at once, for commands that
+    must not run twice (a submit draws a number and adds an entry). A client other than
+    ``redis.asyncio.Redis`` (a cluster client) gets redis-py's own pipeline, and its reply
+    callbacks.
     """
     commands, batch.commands = batch.commands, []
     if not isinstance(client, redis.asyncio.Redis) or _pack is None:  # pragma: no cover
