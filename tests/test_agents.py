@@ -483,6 +483,27 @@ async def test_run_and_wait_submits_and_waits_in_one_call(
     assert texts(await session.get_items())[::2] == ["user: hi", "user: again", "user: slowly"]
 
 
+async def test_an_app_client_that_decodes_its_replies_works_alike(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings, redis_url: str
+) -> None:
+    """``decode_responses=True`` on the app's client changes nothing for its runs."""
+    app, _ = make_app()
+    decoded = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    runs = client_for(decoded, keys, agent_settings)
+    try:
+        async with running_worker(agent_settings, client, serving=app):
+            first = await runs.run_and_wait("triage", "hi", session_id="decoded", timeout=10)
+            handle = await runs.run("triage", "again", session_id="decoded")
+            second = await handle.result(timeout=10)
+            types = [event.type async for event in handle.events()]
+            record = await handle.status()
+    finally:
+        await decoded.aclose()
+    assert first.final_output == "reply to hi" and second.final_output == "reply to again"
+    assert types == ["run.started", "agent.updated", "message", "run.completed"]
+    assert record is not None and record.status == "completed"
+
+
 async def test_a_submit_cut_off_by_a_connection_error_is_raised_not_sent_twice(
     client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings
 ) -> None:

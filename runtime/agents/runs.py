@@ -181,20 +181,30 @@ class RunStore:
 
     async def get(self, run_id: str) -> RunResult | None:
         """The run's record, or ``None`` when unknown (or expired)."""
-        with translate_errors("read a run"):
-            raw: Any = await self._client.hgetall(self._keys.run(run_id))
+        batch = Batch()
+        batch.execute_command("HGETALL", self._keys.run(run_id))
+        raw = await self._one("read a run", batch)
         if not raw:
             return None
+        if not isinstance(raw, dict):  # RESP2: [field, value, …]
+            raw = dict(zip(raw[::2], raw[1::2], strict=True))
         return _result(run_id, {k.decode(): v.decode() for k, v in raw.items()})
 
     async def status(self, run_id: str) -> dict[str, str]:
         """The raw status fields of a run (empty when unknown)."""
-        with translate_errors("read a run"):
-            raw: Any = await self._client.hmget(
-                self._keys.run(run_id), ["status", "submitted_at", "enqueued", "cancel_requested"]
-            )
         names = ("status", "submitted_at", "enqueued", "cancel_requested")
+        batch = Batch()
+        batch.hmget(self._keys.run(run_id), names)
+        raw = await self._one("read a run", batch)
         return {n: v.decode() for n, v in zip(names, raw, strict=True) if v is not None}
+
+    async def _one(self, action: str, batch: Batch) -> Any:
+        """The reply to *batch*'s one command as Redis sent it, strings as bytes (whatever
+        the client decodes)."""
+        with translate_errors(action):
+            (reply,) = await run_batch(self._client, batch)
+            first_error([reply])
+        return reply
 
     async def request_cancel(self, run_id: str) -> bool:
         with translate_errors("cancel a run"):
@@ -270,10 +280,7 @@ class RunStore:
         """Events after the id *after*, waiting up to *block_ms* for one when there is none."""
         batch = Batch()
         self._read(batch, run_id, after, block_ms=block_ms, count=count)
-        with translate_errors("read run events"):
-            (reply,) = await run_batch(self._client, batch)
-            first_error([reply])
-        return _events(reply)
+        return _events(await self._one("read run events", batch))
 
     def _read(
         self, batch: Batch, run_id: str, after: str, *, block_ms: int | None, count: int

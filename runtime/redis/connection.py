@@ -179,7 +179,8 @@ async def run_batch(
     """Send *batch* in one write and return the replies as Redis sent them, error replies as
     exception objects in their place: redis-py's parser reads them, none of its reply
     callbacks runs (``EXPIRE`` gives ``1``, not ``True``; ``XREAD`` gives the RESP2 list or
-    the RESP3 map, an entry's fields a flat list).
+    the RESP3 map, an entry's fields a flat list), and strings come as bytes whether or not
+    the client decodes its replies.
 
     The commands are packed by hiredis (C) and the replies read under one timeout: a
     fraction of what a redis-py pipeline costs in Python, on the paths every run takes.
@@ -234,8 +235,8 @@ def first_error(replies: Sequence[Any]) -> None:
 
 
 async def _read_replies(conn: Any, count: int) -> list[Any]:
-    """*count* replies, error replies as exception objects: every reply is read, errors
-    too, so the socket stays in step.
+    """*count* replies (strings as bytes), error replies as exception objects: every reply
+    is read, errors too, so the socket stays in step.
 
     The replies are taken from the connection's parser directly, under one timeout for them
     all (redis-py's ``read_response`` sets up a timeout and its error handling for each
@@ -244,7 +245,7 @@ async def _read_replies(conn: Any, count: int) -> list[Any]:
     parser: Any = conn._parser
     try:
         async with asyncio.timeout(conn.socket_timeout):
-            replies = [await parser.read_response() for _ in range(count)]
+            replies = [await parser.read_response(disable_decoding=True) for _ in range(count)]
     except TimeoutError:
         await conn.disconnect(nowait=True)
         where = getattr(conn, "host", None) or getattr(conn, "path", "Redis")
