@@ -4,7 +4,7 @@ A worker runs an agent on a :class:`TurnSession`, not on a live :class:`AgentSes
 history is read in the same round trip that takes the conversation's turn, the SDK's writes
 (``add_items``, ``pop_item``, ``clear_session``) are kept in memory, and everything the run
 changed is written in the round trip that stores its result and ends its turn
-(:meth:`runtime.agents.turns.SessionTurns.commit`). The run holds the conversation's lease
+(:meth:`runtime.agents.turns.SessionTurns.queue_end`). The run holds the conversation's lease
 the whole time, so nothing else writes it by the rules of the runtime and this view stays
 exact; an app that appends to a running conversation anyway keeps its items (they are
 placed before the run's).

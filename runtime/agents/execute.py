@@ -48,7 +48,7 @@ from runtime.app import TaskContext
 from runtime.coordinator import EVENT_FIELD, CoordinationEvent, EventType
 from runtime.errors import RetryLater
 from runtime.log import get_logger
-from runtime.redis.connection import translate_errors
+from runtime.redis.connection import first_error, translate_errors
 
 __all__ = ["Resources", "execute"]
 
@@ -470,10 +470,8 @@ async def _finish(
     replies = await res.runs.write(fill)
     run.ended = True
     essential = replies[: 2 if turn is not None else 1]  # the turn's end, the result
-    for reply in essential:
-        if isinstance(reply, Exception):
-            with translate_errors("store a run result"):
-                raise reply
+    with translate_errors("store a run result"):
+        first_error(essential)
     for reply in replies[len(essential) :]:
         if isinstance(reply, Exception):
             log.warning("run.finish_side_write_failed", run=request.run_id, error=str(reply))

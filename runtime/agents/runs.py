@@ -269,9 +269,8 @@ class RunStore:
     async def store(self, result: RunResult) -> bool:
         """Store *result* and its terminal event now; ``False`` when the run had ended."""
         (reply,) = await self.write(lambda pipe: self.finish(pipe, result))
-        if isinstance(reply, Exception):
-            with translate_errors("store a run result"):
-                raise reply
+        with translate_errors("store a run result"):
+            first_error([reply])
         return bool(reply)
 
     async def read_events(
