@@ -11,6 +11,7 @@ key                                         type    lifetime
 ``aw:{inbox:<agent>}:delayed``              zset    members moved to the inbox when due
 ``aw:{inbox:<agent>}:dlq``                  stream  trimmed to a MAXLEN setting
 ``aw:{inbox:<agent>}:idem:<key>``           string  TTL = the idempotency window
+``aw:{inbox:<agent>}:submitted:<run>``      string  TTL = result retention
 ``aw:{run:<id>}``                           hash    TTL = result retention
 ``aw:{run:<id>}:events``                    stream  TTL = result retention, MAXLEN ~
 ``aw:{run:<id>}:journal``                   hash    TTL = result retention
@@ -112,6 +113,10 @@ class Keys:
     def idempotency(self, agent: str, key: str, partition: int | None = None) -> str:
         """Remembers the entry id enqueued under an idempotency *key*."""
         return self.inbox(agent, partition) + ":idem:" + validate_name("idempotency key", key)
+
+    def run_submitted(self, agent: str, run_id: str) -> str:
+        """Guards the enqueue of a run submitted with its own id: one work entry per run id."""
+        return self.inbox(agent) + ":submitted:" + validate_name("run", run_id)
 
     # --- runs ---------------------------------------------------------------------------
     def run(self, run_id: str) -> str:
