@@ -15,6 +15,7 @@ key                                         type    lifetime
 ``aw:{run:<id>}``                           hash    TTL = result retention
 ``aw:{run:<id>}:events``                    stream  TTL = result retention, MAXLEN ~
 ``aw:{run:<id>}:journal``                   hash    TTL = result retention
+``aw:waiters:<client id>``                  stream  wakes an AgentClient's run reader; TTL 60 s
 ``aw:{session:<id>}``                       hash    TTL = session TTL when set
 ``aw:{session:<id>}:items``                 list    TTL = session TTL when set
 ``aw:{session:<id>}:lease``                 string  TTL = lease, renewed while a run holds it
@@ -130,6 +131,11 @@ class Keys:
     def run_journal(self, run_id: str) -> str:
         """Journaled model responses and tool outputs of one run, replayed on redelivery."""
         return self.run(run_id) + ":journal"
+
+    def run_waiters(self, client_id: str) -> str:
+        """Wake-ups of one AgentClient's run reader: a new wait on a run appends an entry, so
+        the reader's blocked XREAD (which also reads this stream) returns at once."""
+        return f"{self.prefix}:waiters:{validate_name('client', client_id)}"
 
     # --- sessions -----------------------------------------------------------------------
     def session(self, session_id: str) -> str:
