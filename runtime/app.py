@@ -12,6 +12,15 @@ A handler takes the task context and the payload; when the payload parameter is 
 with a :class:`msgspec.Struct` (or any msgspec-convertible type), the JSON payload is
 converted to it and an invalid payload is dead-lettered without a retry. Plain ``def``
 handlers run in a thread so they cannot stall the event loop (and with it lease renewal).
+
+Timeouts (``timeout=``, else ``worker.task_timeout_seconds``; capped by the entry's deadline):
+an ``async def`` handler is cancelled at its next ``await`` when its time is up. A plain
+``def`` handler's thread cannot be stopped: the timeout does not interrupt it. Its entry then
+stays with this worker — lease renewed, slot busy — until the thread has returned, so that no
+other try of the entry starts while it still runs; the attempt then counts as timed out
+(retried, or dead-lettered after ``worker.max_deliveries``). Only shutdown does not wait for
+such a thread beyond the grace period: the entry is released and the thread ends with the
+process. A handler that must stop in time checks the clock itself (``ctx.deadline``).
 """
 
 from __future__ import annotations
@@ -39,7 +48,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass(frozen=True, slots=True)
 class TaskContext:
-    """What a handler knows about the entry it runs."""
+    """What a handler knows about the entry it runs.
+
+    Its time limit: an ``async def`` handler is cancelled at its next ``await``; a plain
+    ``def`` handler's thread runs on past it (Python cannot stop a thread), its entry held
+    until the thread returns. A sync handler that must stop in time keeps its own time (and
+    checks ``deadline``, when set).
+    """
 
     task_id: str
     target: str
@@ -77,15 +92,23 @@ class DeadLetterContext:
 
     envelope: Envelope
     reason: str
+    """A bare code (:class:`runtime.envelope.Reason`): ``failed``, ``permanent``, ``expired``…"""
     error: str | None
     redis: redis.asyncio.Redis
     keys: Keys
     settings: Settings
+    detail: str = ""
+    """What happened, in words (e.g. ``failed 5 times (worker.max_deliveries = 5)``)."""
 
 
 @dataclass(frozen=True)
 class Handler:
-    """A registered target."""
+    """A registered target.
+
+    ``timeout`` (seconds) cancels an ``async def`` handler at its next ``await``; it cannot
+    stop a plain ``def`` handler's thread, whose entry is held (lease renewed, slot busy)
+    until the thread returns and only then settled as timed out (see the module's docstring).
+    """
 
     name: str
     fn: Callable[..., Any]

@@ -9,6 +9,7 @@ add some. ``docs/wire-format.md`` documents every field.
 
 from __future__ import annotations
 
+import enum
 import os
 import time
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Envelope",
     "MalformedEntry",
+    "Reason",
     "decode_entry",
     "encode_envelope",
     "new_task_id",
@@ -56,12 +58,43 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The error of the previous failed attempt, if any."""
 
 
-class MalformedEntry(Exception):
-    """A stream entry that cannot be run; ``reason`` is what the dead-letter copy records."""
+class Reason(enum.StrEnum):
+    """The ``reason`` of a dead letter: a bare code; the human account is in ``detail``."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    MALFORMED = "malformed"
+    """The entry cannot be read: no ``envelope`` field, not JSON, a field of the wrong type
+    or out of range (``attempt`` outside 0..max_deliveries), nested too deeply…"""
+    OVERSIZED = "oversized"
+    """The envelope is over ``streams.max_entry_bytes`` (the letter keeps a preview)."""
+    UNSUPPORTED_VERSION = "unsupported_version"
+    """The envelope's schema version ``v`` is not one this worker reads."""
+    MAX_DELIVERIES = "max_deliveries"
+    """Delivered ``worker.max_deliveries`` times without an outcome (its worker died or hung)."""
+    FAILED = "failed"
+    """Its handler failed on every one of ``worker.max_deliveries`` attempts."""
+    PERMANENT = "permanent"
+    """Its handler raised :class:`~runtime.errors.PermanentError`."""
+    EXPIRED = "expired"
+    """Its deadline passed before it ran."""
+    INVALID_PAYLOAD = "invalid_payload"
+    """Its payload does not convert to the handler's payload type."""
+    UNKNOWN_TARGET = "unknown_target"
+    """Its ``target`` is not the target of the inbox it was found in."""
+
+
+class MalformedEntry(Exception):
+    """A stream entry that cannot be run: ``code`` is the dead letter's ``reason``, ``detail``
+    says why in words."""
+
+    def __init__(self, code: Reason, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+    @property
+    def reason(self) -> str:
+        """``"<code>: <detail>"``."""
+        return str(self)
 
 
 def new_task_id() -> str:
@@ -79,37 +112,60 @@ def encode_envelope(envelope: Envelope) -> bytes:
     return _encoder.encode(envelope)
 
 
-def decode_entry(fields: dict[bytes, bytes], *, max_bytes: int) -> Envelope:
+def decode_entry(
+    fields: dict[bytes, bytes], *, max_bytes: int, max_attempt: int | None = None
+) -> Envelope:
     """Decode and validate the fields of one stream entry.
 
+    Every failure to decode becomes :class:`MalformedEntry`, whatever the decoder raised (a
+    1,000-deep JSON document raises ``RecursionError``, for one).
+
     Raises:
-        MalformedEntry: missing field, oversized, invalid JSON, wrong schema or version.
+        MalformedEntry: missing field, oversized, not JSON, wrong schema or version, an
+            ``attempt`` outside ``0..max_attempt`` (when given).
     """
     raw = fields.get(ENVELOPE_FIELD)
     if raw is None:
-        names = ", ".join(sorted(k.decode(errors="replace") for k in fields)) or "none"
-        raise MalformedEntry(f"malformed: no 'envelope' field (fields: {names})")
+        names = ", ".join(sorted(k.decode(errors="replace")[:100] for k in list(fields)[:20]))
+        raise MalformedEntry(Reason.MALFORMED, f"no 'envelope' field (fields: {names or 'none'})")
     if len(raw) > max_bytes:
-        raise MalformedEntry(f"oversized: {len(raw)} bytes, the limit is {max_bytes}")
+        raise MalformedEntry(
+            Reason.OVERSIZED, f"{len(raw)} bytes, over streams.max_entry_bytes ({max_bytes})"
+        )
     try:
         envelope = _decoder.decode(raw)
     except msgspec.DecodeError as exc:
-        raise MalformedEntry(_decode_reason(raw, exc)) from None
+        raise _undecodable(raw, exc) from None
+    except Exception as exc:  # RecursionError and whatever else a hostile entry can cause
+        raise MalformedEntry(Reason.MALFORMED, f"cannot be decoded: {_short(exc)}") from None
     if envelope.v != SCHEMA_VERSION:
         raise MalformedEntry(
-            f"unsupported schema version {envelope.v} (this worker reads {SCHEMA_VERSION})"
+            Reason.UNSUPPORTED_VERSION,
+            f"schema version {envelope.v} (this worker reads {SCHEMA_VERSION})",
+        )
+    if max_attempt is not None and not 0 <= envelope.attempt <= max_attempt:
+        raise MalformedEntry(
+            Reason.MALFORMED,
+            f"attempt {envelope.attempt} is outside 0..{max_attempt} (worker.max_deliveries)",
         )
     return envelope
 
 
-def _decode_reason(raw: bytes, exc: msgspec.DecodeError) -> str:
+def _undecodable(raw: bytes, exc: msgspec.DecodeError) -> MalformedEntry:
     try:
         doc = _version_probe.decode(raw)
-    except msgspec.DecodeError:
-        return f"malformed: invalid JSON ({exc})"
-    if doc.get("v", SCHEMA_VERSION) != SCHEMA_VERSION:
-        return f"unsupported schema version {doc.get('v')!r} (this worker reads {SCHEMA_VERSION})"
-    return f"malformed: {exc}"
+    except Exception:  # msgspec.DecodeError, RecursionError…
+        return MalformedEntry(Reason.MALFORMED, f"invalid JSON ({_short(exc, type_name=False)})")
+    version = doc.get("v", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        text = f"schema version {repr(version)[:50]} (this worker reads {SCHEMA_VERSION})"
+        return MalformedEntry(Reason.UNSUPPORTED_VERSION, text)
+    return MalformedEntry(Reason.MALFORMED, _short(exc, type_name=False))
+
+
+def _short(exc: BaseException, *, type_name: bool = True, limit: int = 500) -> str:
+    text = f"{type(exc).__name__}: {exc}" if type_name else str(exc)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def stamp(envelope: Envelope) -> Envelope:

@@ -7,6 +7,12 @@
 An idempotency key makes duplicate enqueues within ``streams.idempotency_window_seconds`` return
 the first task, atomically with the XADD (one Lua script). A delay or run-at time parks the
 envelope in the inbox's delayed set; workers move it into the stream when it is due.
+
+Times that cross processes are Redis's: a ``delay`` is sent as such, and the script adds it to
+Redis's clock (``TIME``), so a producer whose clock is off still delays by the time asked;
+``run_at`` is an absolute Unix time the caller chose and is kept as given (compared with
+Redis's clock). An envelope over ``streams.max_entry_bytes`` is refused here
+(:class:`~runtime.errors.EnqueueError`), before anything is sent.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ class Enqueued:
     duplicate: bool = False
     """True when the idempotency key was seen: ``task_id`` is the first task's id."""
     run_at: float | None = None
+    """Unix time (Redis's clock) from which a delayed task may run; ``None`` when it was
+    enqueued to run at once (or was a duplicate)."""
 
 
 class Producer:
@@ -117,7 +125,7 @@ class Producer:
             EnqueueError: bad target or key, payload not JSON, entry too large, bad times.
             RedisError: Redis failed.
         """
-        due = self._due(delay, run_at)
+        when = self._when(delay, run_at)
         envelope, raw = self.build(
             target,
             payload,
@@ -127,14 +135,10 @@ class Producer:
             traceparent=traceparent,
             headers=headers,
         )
-        inbox = self._keys.inbox(target)
         with translate_errors(f"enqueue to {target!r}"):
-            if idempotency_key is not None:
-                return await self._enqueue_once(envelope, raw, due)
-            if due is not None:
-                await self._client.zadd(self._keys.delayed(target), {raw: int(due * 1000)})
-                return Enqueued(envelope.id, None, run_at=due)
-            entry_id = await self._client.xadd(inbox, {"envelope": raw})
+            if idempotency_key is not None or when is not None:
+                return await self._enqueue_script(envelope, raw, when)
+            entry_id = await self._client.xadd(self._keys.inbox(target), {"envelope": raw})
         return Enqueued(envelope.id, _text(entry_id))
 
     async def enqueue_many(self, target: str, payloads: Iterable[Any]) -> list[Enqueued]:
@@ -149,30 +153,37 @@ class Producer:
         return [Enqueued(env.id, _text(i)) for (env, _), i in zip(built, ids, strict=True)]
 
     @staticmethod
-    def _due(delay: float | None, run_at: float | None) -> float | None:
+    def _when(delay: float | None, run_at: float | None) -> tuple[str, int] | None:
+        """``("in", ms)`` for a delay, ``("at", ms since the epoch)`` for a run-at time,
+        ``None`` for at once: the script reads them against Redis's clock."""
         if delay is not None and run_at is not None:
             raise EnqueueError("give either delay or run_at, not both")
         if delay is not None:
-            if delay < 0:
+            if not delay >= 0:  # NaN too
                 raise EnqueueError(f"delay must be >= 0, not {delay}")
-            return time.time() + delay if delay > 0 else None
-        if run_at is not None and run_at > time.time():
-            return run_at
+            return ("in", int(delay * 1000)) if delay > 0 else None
+        if run_at is not None:
+            if not run_at >= 0:
+                raise EnqueueError(f"run_at must be a Unix time >= 0, not {run_at}")
+            return ("at", int(run_at * 1000))
         return None
 
-    async def _enqueue_once(self, envelope: Envelope, raw: bytes, due: float | None) -> Enqueued:
-        assert envelope.idempotency_key is not None
-        keys = [
-            self._keys.inbox(envelope.target),
-            self._keys.delayed(envelope.target),
-            self._keys.idempotency(envelope.target, envelope.idempotency_key),
-        ]
+    async def _enqueue_script(
+        self, envelope: Envelope, raw: bytes, when: tuple[str, int] | None
+    ) -> Enqueued:
+        """A delayed and/or idempotent enqueue: one script, times read against Redis's clock."""
+        keys = [self._keys.inbox(envelope.target), self._keys.delayed(envelope.target)]
+        if envelope.idempotency_key is not None:
+            keys.append(self._keys.idempotency(envelope.target, envelope.idempotency_key))
         window_ms = int(self._streams.idempotency_window_seconds * 1000)
-        args: list[Any] = [raw, envelope.id, window_ms, int(due * 1000) if due else 0]
-        created, value = await self._scripts.enqueue_once(keys=keys, args=args)
-        if not created:
-            return Enqueued(_text(value), None, duplicate=True)
-        return Enqueued(envelope.id, _text(value) or None, run_at=due)
+        mode, ms = when or ("at", 0)
+        reply = await self._scripts.enqueue(keys=keys, args=[raw, envelope.id, window_ms, mode, ms])
+        if not reply[0]:
+            return Enqueued(_text(reply[1]), None, duplicate=True)
+        run_at_ms = int(reply[2])
+        return Enqueued(
+            envelope.id, _text(reply[1]) or None, run_at=run_at_ms / 1000 if run_at_ms else None
+        )
 
 
 def _text(value: bytes | str) -> str:

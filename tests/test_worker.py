@@ -67,7 +67,8 @@ async def test_failing_entry_dead_lettered_after_exactly_max_deliveries(
         await anyio.sleep(0.3)  # nothing more may run
         assert await scratch_list(core, keys, "started") == [sent.task_id] * 4
         [letter] = await letters.read("flaky")
-        assert letter.reason == "failed 4 times"
+        assert letter.reason == "failed"
+        assert letter.detail == "failed 4 times (worker.max_deliveries = 4)"
         assert letter.error == "RuntimeError: still broken"
         assert letter.task_id == sent.task_id and letter.attempts == 4
         assert await core.xlen(keys.inbox("flaky")) == 0
@@ -96,23 +97,33 @@ async def test_permanent_error_is_not_retried(
     async with running_worker(settings, core):
         await wait_until(lambda: _size(letters, "fatal", 1), what="a dead letter")
     [letter] = await letters.read("fatal")
-    assert letter.reason == "permanent failure"
+    assert letter.reason == "permanent"
     assert letter.error == "PermanentError: cannot ever work"
     assert len(await scratch_list(core, keys, "started")) == 1
 
 
 MALFORMED = [
-    ({b"junk": b"x"}, "malformed: no 'envelope' field (fields: junk)"),
-    ({b"envelope": b"{not json"}, "malformed: invalid JSON"),
-    ({b"envelope": b'{"v": 9, "id": "a", "target": "echo"}'}, "unsupported schema version 9"),
-    ({b"envelope": b'{"v": 1, "target": "echo"}'}, "malformed: Object missing required field `id`"),
+    ({b"junk": b"x"}, "malformed", "no 'envelope' field (fields: junk)"),
+    ({b"envelope": b"{not json"}, "malformed", "invalid JSON"),
+    (
+        {b"envelope": b'{"v": 9, "id": "a", "target": "echo"}'},
+        "unsupported_version",
+        "schema version 9",
+    ),
+    (
+        {b"envelope": b'{"v": 1, "target": "echo"}'},
+        "malformed",
+        "Object missing required field `id`",
+    ),
     (
         {b"envelope": b'{"id": "a", "target": "typed"}'},
-        "unknown target 'typed' in the inbox of 'echo'",
+        "unknown_target",
+        "target 'typed' in the inbox of 'echo'",
     ),
     (
         {b"envelope": b'{"id": "b", "target": "echo", "payload": "' + b"x" * 3000 + b'"}'},
         "oversized",
+        "3044 bytes, over streams.max_entry_bytes (2048)",
     ),
 ]
 
@@ -121,7 +132,7 @@ async def test_malformed_entries_go_to_the_dlq_and_the_worker_goes_on(
     core: redis.asyncio.Redis, core_url: str, keys: Keys
 ) -> None:
     settings = make_settings(core_url, keys.prefix, **{"streams.max_entry_bytes": "2048"})
-    for fields, _ in MALFORMED:
+    for fields, _, _ in MALFORMED:
         await core.xadd(keys.inbox("echo"), fields)
     good = await Producer(core, keys=keys, settings=settings).enqueue("echo", 1)
     typed_bad = await Producer(core, keys=keys, settings=settings).enqueue(
@@ -132,13 +143,14 @@ async def test_malformed_entries_go_to_the_dlq_and_the_worker_goes_on(
         await wait_until(lambda: _count(core, keys, "effects", 1), what="the good entry")
         await wait_until(lambda: _size(letters, "echo", len(MALFORMED)), what="dead letters")
         await wait_until(lambda: _size(letters, "typed", 1), what="the invalid payload")
-    reasons = [letter.reason for letter in await letters.read("echo")]
-    assert len(reasons) == len(MALFORMED)
-    for _, expected in MALFORMED:  # handled concurrently: any order
-        assert any(reason.startswith(expected) for reason in reasons), (expected, reasons)
+    found = [(x.reason, x.detail) for x in await letters.read("echo")]
+    assert len(found) == len(MALFORMED)
+    for _, reason, detail in MALFORMED:  # handled concurrently: any order
+        assert any(r == reason and d.startswith(detail) for r, d in found), (reason, found)
     assert await scratch_list(core, keys, "effects") == [good.task_id]
     [invalid] = await letters.read("typed")
-    assert invalid.reason == "invalid payload" and invalid.task_id == typed_bad.task_id
+    assert invalid.reason == "invalid_payload" and invalid.task_id == typed_bad.task_id
+    assert invalid.detail == "the payload does not convert to Order"
     assert "Expected `int`, got `str` - at `$.order_id`" in invalid.error
     [no_envelope] = [x for x in await letters.read("echo") if x.envelope is None]
     assert no_envelope.extra == {"junk": "x"}  # the original fields are kept
@@ -292,7 +304,7 @@ async def test_expired_entries_are_not_run(
     letters = DeadLetters(core, keys=keys)
     async with running_worker(settings, core):
         await wait_until(lambda: _size(letters, "echo", 1), what="the expired entry")
-    assert (await letters.read("echo"))[0].reason.startswith("expired")
+    assert (await letters.read("echo"))[0].reason == "expired"
     assert await scratch_list(core, keys, "effects") == []
 
 
@@ -398,7 +410,7 @@ async def test_handler_timeout_is_a_retryable_failure(
     async with running_worker(settings, core):
         await wait_until(lambda: _size(letters, "slow", 1), what="the timed-out entry")
     [letter] = await letters.read("slow")
-    assert letter.reason == "failed 3 times" and letter.error == "timed out after 0.2 s"
+    assert letter.reason == "failed" and letter.error == "timed out after 0.2 s"
     assert await scratch_list(core, keys, "started") == [sent.task_id] * 3
     assert await scratch_list(core, keys, "effects") == []
 

@@ -1,14 +1,19 @@
 """Writing the outcome of an entry: batched acks, retries, dead letters, releases.
 
 Every outcome is written before (or atomically with) the ack: success is XACK + XDEL in one
-MULTI; a retry and a dead letter are each one fenced Lua script; a release makes what a worker
-still holds claimable at once. A fenced script that finds the entry no longer ours returns
-``False``: its lease was lost and another worker owns it now.
+script (which a Redis out of memory still runs, unlike MULTI); a retry and a dead letter are
+each one fenced Lua script; a release makes what a worker still holds claimable at once. A
+fenced script that finds the entry no longer ours returns ``False``: its lease was lost and
+another worker owns it now.
+
+A dead letter keeps the entry's original fields, bounded: a valid envelope as it was (it is
+at most ``streams.max_entry_bytes``, and a replay needs it whole); any other value cut to a
+preview of :data:`PREVIEW_BYTES` followed by ``… (N bytes cut)``, with its original size in a
+field ``<name>_bytes``; at most :data:`MAX_COPIED_FIELDS` fields.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,15 +22,28 @@ import msgspec
 import redis.asyncio
 import redis.exceptions
 
-from runtime.envelope import Envelope, encode_envelope
+from runtime.envelope import ENVELOPE_FIELD, Envelope, Reason, encode_envelope
 from runtime.keys import Keys
 from runtime.log import get_logger
 from runtime.scripts import Scripts
 from runtime.settings.model import Settings
+from runtime.worker.faults import Faults, backoff, classify
 
-__all__ = ["Entry", "Outcomes", "WorkerStats"]
+__all__ = ["MAX_COPIED_FIELDS", "PREVIEW_BYTES", "Entry", "Outcomes", "WorkerStats"]
 
 log = get_logger(__name__)
+
+PREVIEW_BYTES = 1024
+"""A field of a dead-lettered entry longer than this is cut to a preview of this many bytes."""
+MAX_COPIED_FIELDS = 32
+"""Fields of the original entry a dead letter copies at most."""
+_MAX_NAME = 200
+_ACK_BATCH = 1000
+# the letter's own fields; an original field of the same name is not copied
+_RECORD_FIELDS = frozenset(
+    {"reason", "detail", "error", "target", "task_id", "entry_id", "deliveries", "attempts",
+     "consumer", "failed_at"}
+)  # fmt: skip
 
 
 @dataclass
@@ -69,8 +87,10 @@ class Outcomes:
         consumer: str,
         targets: dict[bytes, str],
         stats: WorkerStats,
+        faults: Faults | None = None,
     ) -> None:
         self._client = client
+        self._faults = faults or Faults()
         self._scripts = Scripts.register(client)
         self._keys = keys
         self._consumer = consumer
@@ -105,27 +125,38 @@ class Outcomes:
         self._ack_wanted.set()
 
     async def ack_loop(self) -> None:
-        """Flush acks as they come: at once when idle, batched under load."""
+        """Flush acks as they come: at once when idle, batched under load; a failed flush
+        keeps its acks and is tried again after a backoff."""
+        failures = 0
         while True:
             await self._ack_wanted.wait()
             self._ack_wanted = anyio.Event()
             try:
                 await self.flush()
             except redis.exceptions.RedisError as exc:
-                log.warning("ack.failed", error=str(exc))
+                failures += 1
+                kind = classify(exc)
+                if kind is None:
+                    log.warning("ack.failed", error=str(exc))
+                else:
+                    self._faults.failed("ack", exc, kind)
                 self._ack_wanted.set()
-                await anyio.sleep(0.5)
+                await anyio.sleep(backoff(failures))
+            else:
+                failures = 0
+                self._faults.succeeded("ack")
 
     async def flush(self) -> None:
         if not self._acks:
             return
         acks, self._acks = self._acks, {}
         try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                for stream, ids in acks.items():
-                    pipe.xack(stream, self._group, *ids)
-                    pipe.xdel(stream, *ids)
-                await pipe.execute()
+            for stream in list(acks):
+                ids = acks[stream]
+                for start in range(0, len(ids), _ACK_BATCH):
+                    batch = ids[start : start + _ACK_BATCH]
+                    await self._scripts.ack(keys=[stream], args=[self._group, *batch])
+                del acks[stream]
         except BaseException:
             for stream, ids in acks.items():  # keep them for the next flush
                 self._acks.setdefault(stream, []).extend(ids)
@@ -150,10 +181,10 @@ class Outcomes:
             if count
             else envelope
         )
-        run_at_ms = int((time.time() + delay) * 1000)
+        delay_ms = max(0, int(delay * 1000))  # from now by Redis's clock, not this host's
         settled = await self._scripts.retry(
             keys=[entry.stream, self._keys.delayed(envelope.target)],
-            args=[self._group, entry.entry_id, self._consumer, run_at_ms, encode_envelope(retry)],
+            args=[self._group, entry.entry_id, self._consumer, delay_ms, encode_envelope(retry)],
         )
         if settled:
             if count:
@@ -162,12 +193,20 @@ class Outcomes:
         return bool(settled)
 
     async def dead_letter(
-        self, entry: Entry, envelope: Envelope | None, reason: str, error: str | None
+        self,
+        entry: Entry,
+        envelope: Envelope | None,
+        reason: Reason,
+        detail: str,
+        error: str | None = None,
     ) -> bool:
-        """Copy the entry with *reason* and *error* to the DLQ; ack and delete it."""
+        """Copy the entry to the DLQ with *reason* (a code), *detail* and *error*; ack and
+        delete it. For an entry that could not be decoded (*envelope* ``None``) the task id is
+        ``""`` and ``attempts`` equals ``deliveries``."""
         target = self._targets[entry.stream]
         record: dict[str, Any] = {
-            "reason": reason,
+            "reason": str(reason),
+            "detail": detail,
             "error": error or "",
             "target": target,
             "task_id": envelope.id if envelope else "",
@@ -175,10 +214,8 @@ class Outcomes:
             "deliveries": entry.deliveries,
             "attempts": (envelope.attempt if envelope else 0) + entry.deliveries,
             "consumer": self._consumer,
-            "failed_at": f"{time.time():.3f}",
         }
-        for raw_name, value in entry.fields.items():  # the original fields, as they were
-            record.setdefault(raw_name.decode(errors="replace"), value)
+        record.update(_copied_fields(entry.fields, keep_envelope=envelope is not None))
         args: list[Any] = [self._group, entry.entry_id, self._consumer, self._dlq_maxlen]
         for name, value in record.items():
             args += [name, value]
@@ -191,7 +228,8 @@ class Outcomes:
                 "task.dead_lettered",
                 target=target,
                 entry=entry.entry_id.decode(),
-                reason=reason,
+                reason=str(reason),
+                detail=detail,
                 error=error,
             )
         return bool(settled)
@@ -221,3 +259,20 @@ class Outcomes:
                 log.info("worker.released", stream=stream.decode(), entries=released)
         except redis.exceptions.RedisError as exc:
             log.warning("release.failed", error=str(exc))
+
+
+def _copied_fields(fields: dict[bytes, bytes], *, keep_envelope: bool) -> dict[str, Any]:
+    """The original fields a dead letter keeps, bounded (see the module's docstring)."""
+    copied: dict[str, Any] = {}
+    names = [name for name in fields if name.decode(errors="replace") not in _RECORD_FIELDS]
+    for raw_name in names[:MAX_COPIED_FIELDS]:
+        value = fields[raw_name]
+        name = raw_name.decode(errors="replace")[:_MAX_NAME]
+        if len(value) > PREVIEW_BYTES and not (keep_envelope and raw_name == ENVELOPE_FIELD):
+            cut = len(value) - PREVIEW_BYTES
+            value = value[:PREVIEW_BYTES] + f"… ({cut} bytes cut)".encode()
+            copied[f"{name}_bytes"] = len(fields[raw_name])
+        copied.setdefault(name, value)
+    if len(names) > MAX_COPIED_FIELDS:
+        copied["fields_cut"] = len(names) - MAX_COPIED_FIELDS
+    return copied
