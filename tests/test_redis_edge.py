@@ -30,10 +30,10 @@ from runtime import (
     read_server_info,
     translate_errors,
 )
-from runtime.redis import exercise_modules, require_modules
+from runtime.redis import create_client, exercise_modules, require_modules
 from runtime.redis.connection import Batch, first_error, run_batch
 from tests.conftest import embedded_settings
-from tests.helpers import kill_next_connection
+from tests.helpers import kill_next_connection, wait_until
 
 
 def closed_port() -> int:
@@ -271,3 +271,68 @@ async def test_run_batch_resends_only_when_asked(redis_url: str) -> None:
         await client.delete(keys.scratch("counter"))
     finally:
         await client.aclose()
+
+
+async def test_a_full_pool_waits_then_says_it_is_full(
+    client: redis.asyncio.Redis, redis_url: str, keys: Keys
+) -> None:
+    """The runtime's client waits up to ``redis.connect_timeout`` for a pooled connection,
+    then says the pool is full, not that Redis cannot be reached; a plain redis-py client's
+    full pool is named the same way."""
+    settings = load_settings(
+        env={},
+        overrides={"redis.max_connections": "1", "redis.connect_timeout": "0.2"},
+    )
+    own = create_client(settings.redis, redis_url)
+    plain = redis.asyncio.Redis.from_url(redis_url, max_connections=1)
+    try:
+        for full in (own, plain):
+            async with anyio.create_task_group() as tg:
+                # the one connection is taken by a read the server holds for 2 s
+                tg.start_soon(full.blpop, [keys.scratch("empty")], 2)
+                await wait_until(lambda: _blocked(client), what="the pool's one connection taken")
+                with pytest.raises(RedisConnectionError) as err, translate_errors("get"):
+                    await full.get(keys.scratch("x"))
+                assert "connection pool is full (redis.max_connections" in str(err.value)
+                assert "cannot reach" not in str(err.value)
+                tg.cancel_scope.cancel()
+    finally:
+        await own.aclose()
+        await plain.aclose()
+    # a free connection is waited for: the command goes through once one is released
+    patient = load_settings(env={}, overrides={"redis.max_connections": "1"})  # waits 5 s
+    own = create_client(patient.redis, redis_url)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(own.blpop, [keys.scratch("empty")], 0.1)
+            await wait_until(lambda: _blocked(client), what="the pool's one connection taken")
+            assert await own.get(keys.scratch("x")) is None
+    finally:
+        await own.aclose()
+
+
+async def _blocked(client: redis.asyncio.Redis) -> bool:
+    """A client of the server is blocked in a read (the tests of a session run one by one)."""
+    return int((await client.info("clients"))["blocked_clients"]) > 0
+
+
+async def test_run_batch_resends_after_a_timeout_only_when_asked(redis_url: str) -> None:
+    """A reply later than ``socket_timeout``: with *resend* the batch is sent again as the
+    connection's retry policy says (one retry here: INCR runs twice), without it once. (The
+    same on redis-py 5.2.1, whose pool also replaces a dead idle connection by itself.)"""
+    for resend, runs in ((False, b"1"), (True, b"2")):
+        key = Keys(uuid.uuid4().hex).scratch("counter")
+        slow = redis.asyncio.Redis.from_url(
+            redis_url, socket_timeout=0.1, retry=Retry(NoBackoff(), 1)
+        )
+        try:
+            batch = Batch()
+            batch.execute_command("INCR", key)
+            batch.execute_command("BLPOP", key + "-empty", 1)  # held for 1 s
+            with pytest.raises(redis.exceptions.TimeoutError):
+                await run_batch(slow, batch, resend=resend)
+            batch.execute_command("GET", key)
+            batch.execute_command("DEL", key)
+            assert await run_batch(slow, batch) == [runs, 1]
+        finally:
+            await slow.aclose()

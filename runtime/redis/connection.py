@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
+import inspect
+import math
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +77,12 @@ def translate_errors(action: str, url: str | None = None) -> Iterator[None]:
     except redis.exceptions.TimeoutError as exc:
         raise RedisTimeoutError(f"{action}: Redis{where} did not answer in time") from exc
     except redis.exceptions.ConnectionError as exc:
+        if _pool_full(exc):
+            raise RedisConnectionError(
+                f"{action}: every pooled connection to Redis{where} stayed in use: the "
+                "connection pool is full (redis.max_connections; a full pool waits up to "
+                "redis.connect_timeout for a free connection)"
+            ) from exc
         raise RedisConnectionError(
             f"{action}: cannot reach Redis{where}: {redact_text(str(exc))}"
         ) from exc
@@ -85,6 +93,16 @@ def translate_errors(action: str, url: str | None = None) -> Iterator[None]:
         raise RedisCommandError(f"{action}: Redis refused the command: {exc}") from exc
     except redis.exceptions.RedisError as exc:
         raise RedisCommandError(f"{action}: {redact_text(str(exc))}") from exc
+
+
+# What redis-py raises when no pooled connection is free: MaxConnectionsError (≥ 5.3, a
+# ConnectionError) or a ConnectionError with one of these messages (older versions, and the
+# blocking pool's wait running out).
+_POOL_FULL = ("Too many connections", "No connection available.")
+
+
+def _pool_full(exc: redis.exceptions.ConnectionError) -> bool:
+    return isinstance(exc, redis.exceptions.MaxConnectionsError) or str(exc) in _POOL_FULL
 
 
 def _module_of_unknown_command(message: str) -> str | None:
@@ -177,20 +195,29 @@ async def run_batch(
     client: redis.asyncio.Redis, batch: Batch, *, resend: bool = False
 ) -> list[Any]:
     """Send *batch* in one write and return the replies as Redis sent them, error replies as
-    exception objects in their place: redis-py's parser reads them, none of its reply
-    callbacks runs (``EXPIRE`` gives ``1``, not ``True``; ``XREAD`` gives the RESP2 list or
-    the RESP3 map, an entry's fields a flat list), and strings come as bytes whether or not
-    the client decodes its replies.
+    exception objects in their place: none of redis-py's reply callbacks runs (``EXPIRE``
+    gives ``1``, not ``True``; ``XREAD`` gives the RESP2 list or the RESP3 map, an entry's
+    fields a flat list), and strings come as bytes whether or not the client decodes its
+    replies.
 
-    The commands are packed by hiredis (C) and the replies read under one timeout: a
-    fraction of what a redis-py pipeline costs in Python, on the paths every run takes.
-    After a connection error or a timeout the commands may or may not have run: with
-    *resend* they are sent again as the client's retry policy says (its ``retry``; redis-py
-    8 retries both, up to 10 times with backoff, by default), for commands that are safe to
-    repeat (fenced scripts, reads); without, the error is raised at once, for commands that
-    must not run twice (a submit draws a number and adds an entry). A client other than
-    ``redis.asyncio.Redis`` (a cluster client) gets redis-py's own pipeline, and its reply
-    callbacks.
+    The commands are packed by hiredis (C) and sent in one write; the replies are read with
+    the connection's ``read_response(disable_decoding=True)`` under one timeout for them all:
+    a fraction of what a redis-py pipeline costs in Python, on the paths every run takes.
+    Only redis-py's public API is used (pool ``get_connection``/``release``, connection
+    ``send_packed_command``/``read_response``/``disconnect``/``retry``), checked on 5.2.1
+    and 8.1.
+
+    After a connection error or a timeout the commands may or may not have run. With
+    *resend* they are sent again as the connection's retry policy (its ``retry``) says, for
+    commands that are safe to repeat (fenced scripts, reads); without, the error is raised at
+    once, for commands that must not run twice (a submit draws a number and adds an entry).
+    The runtime's own clients (:func:`create_client`, like every client made by redis-py's
+    ``from_url``) have no retry policy (``Retry(NoBackoff(), 0)``): for them *resend* sends
+    nothing again. (A client built with ``redis.asyncio.Redis(host=...)`` has redis-py's
+    default policy: in 8.1, 10 retries with exponential backoff and jitter.)
+
+    A client other than ``redis.asyncio.Redis`` (a cluster client) gets redis-py's own
+    pipeline, and its reply callbacks.
     """
     commands, batch.commands = batch.commands, []
     if not isinstance(client, redis.asyncio.Redis) or _pack is None:  # pragma: no cover
@@ -202,8 +229,8 @@ async def run_batch(
         packed = b"".join(_pack(args) for args in commands)
     except TypeError as exc:  # e.g. None or a bool among the arguments
         raise redis.exceptions.DataError(f"cannot send a command: {exc}") from None
-    pool: Any = client.connection_pool
-    conn = await pool.get_connection()
+    pool: Any = client.connection_pool  # redis-py leaves its methods untyped
+    conn = await _take(pool)
     try:
         if resend:
             # between tries the socket is dropped: the next one connects afresh
@@ -222,9 +249,44 @@ async def run_batch(
     return replies
 
 
+async def _take(pool: Any) -> Any:
+    """A connection from *pool*: redis-py < 5.3 wants a command name (unused by a plain
+    pool), later versions warn when one is given."""
+    kind: Any = type(pool)
+    if _wants_command_name(kind):
+        return await pool.get_connection("_")
+    return await pool.get_connection()
+
+
+@functools.cache
+def _wants_command_name(pool_type: Any) -> bool:
+    parameter = inspect.signature(pool_type.get_connection).parameters.get("command_name")
+    return parameter is not None and parameter.default is inspect.Parameter.empty
+
+
 async def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
+    """Send *packed* and read *count* replies (strings as bytes), error replies as exception
+    objects: every reply is read, errors too, so the socket stays in step.
+
+    The replies are read under one timeout (``socket_timeout``) for them all: each
+    ``read_response`` is told not to set up a timeout of its own (``timeout=math.inf``,
+    redis-py's documented value for that), a cost paid once per batch, not once per reply.
+    When the timeout cancels a read, ``read_response`` drops the socket.
+    """
     await conn.send_packed_command(packed)
-    return await _read_replies(conn, count)
+    replies: list[Any] = []
+    try:
+        with anyio.fail_after(conn.socket_timeout):
+            for _ in range(count):
+                try:
+                    reply = await conn.read_response(disable_decoding=True, timeout=math.inf)
+                    replies.append(reply)
+                except redis.exceptions.ResponseError as exc:  # an error reply, read in full
+                    replies.append(exc)
+    except TimeoutError:  # read_response dropped the socket as it was cancelled
+        where = getattr(conn, "host", None) or getattr(conn, "path", "Redis")
+        raise redis.exceptions.TimeoutError(f"Timeout reading from {where}") from None
+    return replies
 
 
 def first_error(replies: Sequence[Any]) -> None:
@@ -234,44 +296,27 @@ def first_error(replies: Sequence[Any]) -> None:
             raise reply
 
 
-async def _read_replies(conn: Any, count: int) -> list[Any]:
-    """*count* replies (strings as bytes), error replies as exception objects: every reply
-    is read, errors too, so the socket stays in step.
-
-    The replies are taken from the connection's parser directly, under one timeout for them
-    all (redis-py's ``read_response`` sets up a timeout and its error handling for each
-    reply); the errors raised are redis-py's own.
-    """
-    parser: Any = conn._parser
-    try:
-        async with asyncio.timeout(conn.socket_timeout):
-            replies = [await parser.read_response(disable_decoding=True) for _ in range(count)]
-    except TimeoutError:
-        await conn.disconnect(nowait=True)
-        where = getattr(conn, "host", None) or getattr(conn, "path", "Redis")
-        raise redis.exceptions.TimeoutError(f"Timeout reading from {where}") from None
-    except OSError as exc:
-        await conn.disconnect(nowait=True)
-        raise redis.exceptions.ConnectionError(f"Error while reading from Redis: {exc}") from exc
-    if conn.health_check_interval:
-        conn.next_health_check = asyncio.get_running_loop().time() + conn.health_check_interval
-    return replies
-
-
 async def execute(client: redis.asyncio.Redis, *args: str | bytes | int | float) -> Any:
     """Run a raw command (module commands have no typed wrapper in redis-py)."""
     return await client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 def create_client(settings: RedisSettings, url: str) -> redis.asyncio.Redis:
-    """An asyncio client for *url* with the pool and timeouts of *settings* (bytes replies)."""
-    return redis.asyncio.Redis.from_url(
+    """An asyncio client for *url* with the pool and timeouts of *settings* (bytes replies).
+
+    Its pool holds at most ``redis.max_connections`` connections; when all are in use, a
+    command waits up to ``redis.connect_timeout`` seconds for one to be released, then fails
+    with an error that says the pool is full. Its connections have no retry policy.
+    """
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
+        max_connections=settings.max_connections,
+        timeout=settings.connect_timeout,
         socket_timeout=settings.socket_timeout,
         socket_connect_timeout=settings.connect_timeout,
-        max_connections=settings.max_connections,
         health_check_interval=settings.health_check_interval,
     )
+    return redis.asyncio.Redis.from_pool(pool)
 
 
 @dataclass(frozen=True)
