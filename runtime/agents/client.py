@@ -21,6 +21,7 @@ import redis.asyncio
 from runtime.agents.protocol import HandoffInfo, RunEvent, RunRequest, RunResult
 from runtime.agents.runs import RunStore
 from runtime.agents.turns import SessionTurns
+from runtime.agents.waiters import BLOCK_MS, COUNT, RunWaiters
 from runtime.envelope import new_task_id
 from runtime.errors import AgentsWorkerError, EnqueueError, KeyNameError
 from runtime.keys import Keys, validate_name
@@ -29,7 +30,10 @@ from runtime.settings.model import Settings
 
 __all__ = ["AgentClient", "RunHandle", "RunNotFound"]
 
-_BLOCK_MS = 1000
+_REQUEUED = "run.requeued"
+"""Appended when a dead-lettered run is replayed: the terminal event before it is not the
+run's outcome any more; a new attempt follows, which ends with a terminal event of its own."""
+_DIRECT_WAITS = 4  # run_and_wait calls at once that wait in their submit's round trip
 
 
 class RunNotFound(AgentsWorkerError, LookupError):
@@ -39,8 +43,17 @@ class RunNotFound(AgentsWorkerError, LookupError):
 class RunHandle:
     """A submitted run: follow its events, wait for its result, cancel it."""
 
-    def __init__(self, store: RunStore, run_id: str, agent: str, session_id: str | None) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        run_id: str,
+        agent: str,
+        session_id: str | None,
+        *,
+        waiters: RunWaiters,
+    ) -> None:
         self._store = store
+        self._waiters = waiters
         self.run_id = run_id
         self.agent = agent
         self.session_id = session_id
@@ -55,9 +68,12 @@ class RunHandle:
     async def result(self, timeout: float | None = None) -> RunResult:  # noqa: ASYNC109
         """Wait for the run to end and return its result.
 
-        Blocks on the run's event stream (XREAD BLOCK), so it returns as soon as the terminal
-        event is written. A failed or cancelled run is returned, not raised: check
-        ``result.status`` / ``result.error``.
+        Blocks on the run's event stream, so it returns as soon as the terminal event is
+        written; all the waits of one :class:`AgentClient` share one blocked read (one
+        connection, however many runs are awaited). A failed or cancelled run is returned,
+        not raised: check ``result.status`` / ``result.error``. A run that was dead-lettered
+        and then replayed (``agents-worker dlq replay``) runs again: its outcome is the new
+        attempt's.
 
         Raises:
             TimeoutError: the run did not end within *timeout* seconds.
@@ -67,45 +83,64 @@ class RunHandle:
         return await self._result(deadline, timeout)
 
     async def _result(
-        self, deadline: float | None, limit: float | None, after: str = "0-0"
+        self,
+        deadline: float | None,
+        limit: float | None,
+        after: str = "0-0",
+        ended: RunEvent | None = None,
+        more: bool = False,
     ) -> RunResult:
         # from "0-0": a finished run's terminal event is already there, found at once
-        while True:
-            wait_ms = _BLOCK_MS
+        while ended is None or more:
+            within = BLOCK_MS / 1000
             if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    status = await self._store.get(self.run_id)
-                    raise TimeoutError(
-                        f"run {self.run_id} of {self.agent!r} did not end within {limit:g} s "
-                        f"(status: {status.status if status else 'gone'}; is a worker serving "
-                        f"{self.agent!r}?)"
-                    )
-                wait_ms = max(1, min(_BLOCK_MS, int(left * 1000)))
-            events = await self._store.read_events(self.run_id, after, block_ms=wait_ms)
-            found = _outcome(events)
-            if found is not None:
-                return found
+                within = min(within, deadline - time.monotonic())
+                if within <= 0:
+                    raise await self._timed_out(limit)
+            events, more = await self._next(after, more, within)
+            ended = _ending(events, ended)
             if events:
                 after = events[-1].id or after
-            elif await self._store.get(self.run_id) is None:
+            elif ended is None and await self._store.get(self.run_id) is None:
                 raise RunNotFound(f"run {self.run_id!r} disappeared (its record expired)")
+        return msgspec.convert(ended.data, RunResult)
+
+    async def _timed_out(self, limit: float | None) -> TimeoutError:
+        status = await self._store.get(self.run_id)
+        return TimeoutError(
+            f"run {self.run_id} of {self.agent!r} did not end within {limit:g} s "
+            f"(status: {status.status if status else 'gone'}; is a worker serving "
+            f"{self.agent!r}?)"
+        )
+
+    async def _next(
+        self, after: str, more: bool, within: float | None
+    ) -> tuple[list[RunEvent], bool]:
+        """The next events after *after*: read at once when *more* are there already (or
+        *within* is ``None``), else waited for through the client's one reader."""
+        if more or within is None:
+            events = await self._store.read_events(self.run_id, after, count=COUNT)
+            return events, len(events) >= COUNT
+        return await self._waiters.next(self.run_id, after, within=within)
 
     async def events(self, after: str = "0-0", *, follow: bool = True) -> AsyncIterator[RunEvent]:
         """The run's events in order, from just after the event id *after*.
 
-        With *follow* it waits for new events until the terminal one; pass the ``id`` of the
-        last event seen as *after* to resume after a disconnect: nothing is repeated or missed.
+        With *follow* it waits for new events until the run ends (its terminal event, unless
+        a ``run.requeued`` event follows it: then the replayed run's events come too); pass
+        the ``id`` of the last event seen as *after* to resume after a disconnect: nothing is
+        repeated or missed.
         """
+        ended: RunEvent | None = None
+        more = False
         while True:
-            events = await self._store.read_events(
-                self.run_id, after, block_ms=_BLOCK_MS if follow else None
-            )
+            events, more = await self._next(after, more, BLOCK_MS / 1000 if follow else None)
             for event in events:
                 yield event
                 after = event.id or after
-                if event.terminal:
-                    return
+            ended = _ending(events, ended)
+            if ended is not None and not more:
+                return
             if not events:
                 if not follow:
                     return
@@ -127,10 +162,15 @@ class AgentClient:
         self._runs = RunStore(client, keys, settings.runs)
         self._turns = SessionTurns(client, keys, lease_seconds=settings.worker.lease_seconds)
         self._producer = Producer(client, keys=keys, settings=settings)
+        self._waiters = RunWaiters(client, keys, self._runs)
+        # waits in a submit's round trip hold a connection each: a few at once, the rest
+        # wait through the shared reader
+        pool_size = getattr(client.connection_pool, "max_connections", 0) or 0
+        self._direct_left = min(_DIRECT_WAITS, pool_size // 8)
 
     def handle(self, run_id: str, agent: str = "", session_id: str | None = None) -> RunHandle:
         """A handle on a run submitted earlier (by this process or another)."""
-        return RunHandle(self._runs, run_id, agent, session_id)
+        return RunHandle(self._runs, run_id, agent, session_id, waiters=self._waiters)
 
     async def run(
         self,
@@ -178,16 +218,19 @@ class AgentClient:
                 is in the message, :meth:`handle` gets it back).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        first = _BLOCK_MS if timeout is None else max(1, min(_BLOCK_MS, int(timeout * 1000)))
-        handle, events = await self._submit(
-            agent, input, session_id=session_id, context=context, max_turns=max_turns,
-            run_id=run_id, handoff=None, stream=None, wait_ms=first,
-        )  # fmt: skip
-        found = _outcome(events)
-        if found is not None:
-            return found
+        first = BLOCK_MS if timeout is None else max(1, min(BLOCK_MS, int(timeout * 1000)))
+        direct = self._direct_left > 0
+        self._direct_left -= direct
+        try:
+            handle, events = await self._submit(
+                agent, input, session_id=session_id, context=context, max_turns=max_turns,
+                run_id=run_id, handoff=None, stream=None, wait_ms=first if direct else None,
+            )  # fmt: skip
+        finally:
+            self._direct_left += direct
         after = (events[-1].id or "0-0") if events else "0-0"
-        return await handle._result(deadline, timeout, after)
+        ended, more = _ending(events, None), len(events) >= COUNT
+        return await handle._result(deadline, timeout, after, ended, more)
 
     async def handoff(
         self,
@@ -249,12 +292,16 @@ class AgentClient:
         )
         if submitted is None:
             raise EnqueueError(f"a run with id {run_id!r} exists already")
-        return RunHandle(self._runs, run_id, agent, session_id), submitted[1]
+        handle = RunHandle(self._runs, run_id, agent, session_id, waiters=self._waiters)
+        return handle, submitted[1]
 
 
-def _outcome(events: list[RunEvent]) -> RunResult | None:
-    """The result carried by the terminal event among *events*, if there is one."""
+def _ending(events: list[RunEvent], ended: RunEvent | None) -> RunEvent | None:
+    """The terminal event that ends the run as far as *events* (read after *ended*'s
+    batch) show: the last terminal one, unless a ``run.requeued`` event comes after it."""
     for event in events:
         if event.terminal:
-            return msgspec.convert(event.data, RunResult)
-    return None
+            ended = event
+        elif event.type == _REQUEUED:
+            ended = None
+    return ended
