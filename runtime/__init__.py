@@ -14,9 +14,9 @@ Agents SDK, the OpenAI client or other heavy libraries: only what the caller tou
 import typing as _typing
 
 from runtime._lazy import lazy_exports as _lazy_exports
-from runtime._version import __version__
 
 if _typing.TYPE_CHECKING:
+    from runtime._version import __version__
     from runtime.agents import (
         AgentApp,
         AgentClient,
@@ -99,6 +99,7 @@ if _typing.TYPE_CHECKING:
 
 # name → the module it is imported from, on first use
 _EXPORTS = {
+    "__version__": "runtime._version",
     "AgentApp": "runtime.agents",
     "AgentClient": "runtime.agents",
     "DemoModel": "runtime.agents",

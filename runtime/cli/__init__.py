@@ -1,27 +1,49 @@
-"""The ``agents-worker`` command line."""
+"""The ``agents-worker`` command line.
 
-from runtime.cli import (
-    config_cmd,
-    demo_cmd,
-    dlq_cmd,
-    enqueue_cmd,
-    redis_cmd,
-    run_cmd,
-    status_cmd,
-    submit_cmd,
-)
+Each command lives in a module of its own, imported only when that command is invoked:
+``agents-worker --help`` lists them from :data:`COMMANDS` without importing any (the demo and
+``submit`` load the Agents SDK, the others a Redis client).
+"""
+
 from runtime.cli.app import Context, cli, pass_context
 
-__all__ = ["Context", "cli", "main", "pass_context"]
+__all__ = ["COMMANDS", "Context", "cli", "main", "pass_context"]
 
-cli.add_command(redis_cmd.redis_group)
-cli.add_command(config_cmd.config_group)
-cli.add_command(demo_cmd.demo)
-cli.add_command(run_cmd.run)
-cli.add_command(status_cmd.status)
-cli.add_command(dlq_cmd.dlq_group)
-cli.add_command(enqueue_cmd.enqueue)
-cli.add_command(submit_cmd.submit)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("runtime.cli.config_cmd:config_group", "Show, check and document the settings."),
+    "demo": (
+        "runtime.cli.demo_cmd:demo",
+        "Run the demo agents end to end on the embedded Redis Stack (or REDIS_URL).",
+    ),
+    "dlq": (
+        "runtime.cli.dlq_cmd:dlq_group",
+        "Inspect and act on dead-lettered entries (one stream per target).",
+    ),
+    "enqueue": (
+        "runtime.cli.enqueue_cmd:enqueue",
+        "Enqueue PAYLOAD (JSON, or a string with --text) for TARGET; prints the task id.",
+    ),
+    "redis": (
+        "runtime.cli.redis_cmd:redis_group",
+        "Manage the embedded Redis Stack server (Search, JSON, TimeSeries, Bloom).",
+    ),
+    "run": (
+        "runtime.cli.run_cmd:run",
+        "Run APP (module:object, e.g. workers.demo:app) in supervised worker processes.",
+    ),
+    "status": (
+        "runtime.cli.status_cmd:status",
+        "Per inbox stream: length, lag, pending, oldest pending age, consumers, delayed, DLQ.",
+    ),
+    "submit": (
+        "runtime.cli.submit_cmd:submit",
+        "Submit TEXT to AGENT; prints the run id, or follows the run to its result.",
+    ),
+}
+"""Command name → ``("module:attribute", short help)``; the help is the first sentence of
+the command's docstring (a test keeps them equal)."""
+
+cli.lazy.update(COMMANDS)
 
 
 def main() -> None:

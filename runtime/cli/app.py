@@ -1,27 +1,33 @@
-"""The root command group, its global options and the context every command gets."""
+"""The root command group, its global options and the context every command gets.
+
+``agents-worker --help`` and ``--version`` must stay quick (no Redis client, settings or
+Agents SDK loaded): the commands are imported only when one is invoked
+(:class:`LazyGroup`), and what only a running command needs is imported in the functions
+that need it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import msgspec
-from rich.console import Console
 
-from runtime import __version__
 from runtime.errors import AgentsWorkerError
-from runtime.log import configure_logging
 from runtime.redaction import redact_text
-from runtime.redis.connection import Connection, open_redis
-from runtime.redis.embedded import EmbeddedRedis
-from runtime.settings import Resolved, Settings, resolve_settings
 
-__all__ = ["Context", "cli", "existing_redis", "pass_context"]
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from runtime.redis.connection import Connection
+    from runtime.settings import Resolved, Settings
+
+__all__ = ["Context", "LazyGroup", "cli", "existing_redis", "pass_context"]
 
 
 @dataclass
@@ -40,6 +46,8 @@ class Context:
 
     def override(self, flags: dict[str, Any]) -> None:
         """Apply a command's own flags (``None``: not given) on top of the global ones."""
+        from runtime.settings import resolve_settings
+
         given = {key: value for key, value in flags.items() if value is not None}
         if given:
             self.overrides = {**self.overrides, **given}
@@ -49,8 +57,42 @@ class Context:
 pass_context = click.make_pass_decorator(Context)
 
 
-class _Group(click.Group):
-    """Turns runtime errors into one clear line on stderr and exit status 1 (no traceback)."""
+class LazyGroup(click.Group):
+    """A group whose commands are imported when invoked, not to list them.
+
+    *lazy* maps a command name to ``("module:attribute", short help)``; ``--help`` shows the
+    short help without importing the module. Runtime errors become one clear line on stderr
+    and exit status 1 (no traceback).
+    """
+
+    def __init__(
+        self, *args: Any, lazy: Mapping[str, tuple[str, str]] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, tuple[str, str]] = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, _, attribute = self.lazy[cmd_name][0].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max((len(name) for name in names), default=0)
+        rows: list[tuple[str, str]] = []
+        for name in names:
+            # a stand-in with the table's help is shortened exactly as click shortens a command's
+            shown = self.commands.get(name) or click.Command(name, help=self.lazy[name][1])
+            if not shown.hidden:
+                rows.append((name, shown.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -59,6 +101,15 @@ class _Group(click.Group):
             raise click.ClickException(redact_text(str(exc))) from exc
         except KeyboardInterrupt:
             raise click.exceptions.Exit(130) from None
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from runtime._version import __version__
+
+    click.echo(f"agents-worker, version {__version__}")
+    ctx.exit()
 
 
 def _parse_set(
@@ -73,8 +124,15 @@ def _parse_set(
     return overrides
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="agents-worker")
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and exit.",
+)
 @click.option(
     "--config",
     "config_file",
@@ -110,6 +168,12 @@ def cli(
     Settings come from defaults, then a TOML file, then AGENTS_WORKER_* variables, then these
     flags; `agents-worker config show` prints them with their sources.
     """
+    # imported here, not at the top: --help and --version need none of it
+    from rich.console import Console
+
+    from runtime.log import configure_logging
+    from runtime.settings import resolve_settings
+
     flags = {
         "redis.url": redis_url,
         "redis.key_prefix": key_prefix,
@@ -138,6 +202,11 @@ async def existing_redis(ctx: Context) -> AsyncIterator[Connection]:
 
     Operator commands use this: inspecting an empty server that was just started helps nobody.
     """
+    import msgspec
+
+    from runtime.redis.connection import open_redis
+    from runtime.redis.embedded import EmbeddedRedis
+
     settings = ctx.settings
     if settings.redis.url is None:
         running = EmbeddedRedis(settings.redis.embedded).status()
