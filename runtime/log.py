@@ -118,17 +118,25 @@ class JSONFormatter(logging.Formatter):
 def configure_logging(
     level: str = "INFO", fmt: str = "console", stream: TextIO | None = None
 ) -> None:
-    """Send the ``runtime`` and ``workers`` loggers to *stream* (stderr) in *fmt*.
+    """Print log records on *stream* (stderr) in *fmt*, at *level* for ``runtime`` and ``workers``.
 
+    For processes the runtime owns: the ``agents-worker`` command and the worker processes
+    call it at start-up. A library user does not need it (and the library never calls it):
+    the runtime's loggers only emit records, which reach whatever handlers the application
+    set up, like any library's.
+
+    Like :func:`logging.basicConfig`, it puts one handler on the root logger, so records keep
+    propagating: an app loaded afterwards (a worker's app) that adds handlers of its own, or
+    replaces the root's with ``logging.config.dictConfig``, receives the runtime's records
+    too. Other libraries' records print at the root's level (WARNING by default).
     Idempotent: calling it again replaces the handler it installed before.
     """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JSONFormatter() if fmt == "json" else ConsoleFormatter())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
     for name in ("runtime", "workers"):
-        logger = logging.getLogger(name)
-        for old in [h for h in logger.handlers if h.get_name() == _HANDLER_NAME]:
-            logger.removeHandler(old)
-        logger.addHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = False
+        logging.getLogger(name).setLevel(level)

@@ -1,23 +1,39 @@
-"""Structured logs: event name plus fields, console or JSON, secrets masked."""
+"""Structured logs: event name plus fields, console or JSON, secrets masked; the runtime's
+records reach an application's own handlers, and only its processes install one."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
+import msgspec
 import pytest
 
 from runtime import configure_logging, get_logger, redact_url
 from runtime.redaction import redact_text
+from tests.conftest import make_settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def stream() -> Iterator[io.StringIO]:
+    """A stream to configure logging onto; the logging setup is restored afterwards."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    levels = {name: logging.getLogger(name).level for name in ("runtime", "workers")}
     out = io.StringIO()
     yield out
-    configure_logging("INFO", "console")  # back to the default handler on stderr
+    root.handlers[:] = handlers
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def test_console_line(stream: io.StringIO) -> None:
@@ -47,8 +63,115 @@ def test_json_lines_and_levels(stream: io.StringIO) -> None:
 def test_configure_is_idempotent(stream: io.StringIO) -> None:
     configure_logging("INFO", "console", stream)
     configure_logging("INFO", "console", stream)
-    ours = [h for h in logging.getLogger("runtime").handlers if h.get_name() == "agents-worker"]
+    ours = [h for h in logging.getLogger().handlers if h.get_name() == "agents-worker"]
     assert len(ours) == 1
+    get_logger("runtime.test").info("once")
+    assert stream.getvalue().count("once") == 1
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_an_apps_own_root_handler_receives_the_runtimes_records(stream: io.StringIO) -> None:
+    """configure_logging set propagate=False: an app's handlers never saw our records."""
+    configure_logging("INFO", "console", stream)
+    app_handler = _Collect()
+    logging.getLogger().addHandler(app_handler)  # what an app's logging setup does
+    try:
+        get_logger("runtime.worker.consumer").info("worker.ready", consumer="c1")
+        get_logger("workers.demo").warning("demo.note")
+    finally:
+        logging.getLogger().removeHandler(app_handler)
+    assert [r.getMessage() for r in app_handler.records] == ["worker.ready", "demo.note"]
+    assert app_handler.records[0].aw_fields == {"consumer": "c1"}  # type: ignore[attr-defined]
+    assert stream.getvalue().count("worker.ready consumer=c1") == 1
+    assert all(logging.getLogger(n).propagate for n in ("runtime", "workers"))
+
+
+# Imports the library and uses some of it, then prints what the logging setup looks like.
+_LIBRARY_USE = """
+import json, logging
+def state():
+    loggers = {n: l for n, l in logging.root.manager.loggerDict.items()
+               if isinstance(l, logging.Logger)}
+    return {
+        "root": [type(h).__name__ for h in logging.root.handlers],
+        "root_level": logging.root.level,
+        "handlers": sorted(n for n, l in loggers.items() if l.handlers),
+        "no_propagate": sorted(n for n, l in loggers.items() if not l.propagate),
+    }
+before = state()
+import runtime, runtime.worker, runtime.producer, runtime.coordinator, runtime.sessions
+import runtime.agents, runtime.cli, runtime.supervisor
+from runtime import AgentCoordinator, Keys, get_logger, load_settings
+load_settings(env={})
+import redis.asyncio
+AgentCoordinator(client=redis.asyncio.Redis(), keys=Keys("x"), continue_handoffs=False)
+get_logger("runtime.test").warning("used")
+print(json.dumps({"before": before, "after": state()}))
+"""
+
+
+def test_using_the_library_installs_no_handler_and_keeps_propagation() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _LIBRARY_USE],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=True,
+    )
+    states = json.loads(done.stdout)
+    assert states["after"]["root"] == states["before"]["root"] == []
+    assert states["after"]["root_level"] == states["before"]["root_level"]
+    ours = [n for n in states["after"]["handlers"] if n.split(".")[0] in ("runtime", "workers")]
+    assert ours == []
+    assert [n for n in states["after"]["no_propagate"] if n.startswith("runtime")] == []
+    assert "used" in done.stderr  # logging's last resort: a warning is not lost either
+
+
+def test_a_worker_process_logs_into_its_apps_own_handlers(
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> None:
+    """The worker configures logging before it imports the app; the app's handler (added at
+    import) must still receive the runtime's records."""
+    log_file = tmp_path / "app.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTS_WORKER_")}
+    env.update(PYTHONPATH=str(ROOT), LOGGING_APP_FILE=str(log_file))
+    command = ["-m", "runtime.worker", "--app", "tests.logging_app:app", "--settings-stdin"]
+    proc = subprocess.Popen(
+        [sys.executable, *command],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.stdin.write(msgspec.json.encode(make_settings(redis_url, key_prefix)) + b"\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().startswith(b"READY")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            pipe.close()
+        stderr = proc.stderr.read().decode()
+        proc.stderr.close()
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    events = [line["msg"] for line in lines if line["logger"].startswith("runtime.")]
+    assert "worker.ready" in events and "worker.stopped" in events
+    assert "worker.ready" in stderr  # and the process's own console handler still prints
 
 
 @pytest.mark.parametrize(
