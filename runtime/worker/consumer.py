@@ -107,6 +107,7 @@ class Worker:
             targets=self._targets,
             stats=self.stats,
             faults=self._faults,
+            on_acked=self._slots.acked,
         )
         self._intake = Intake(
             client,
@@ -120,11 +121,23 @@ class Worker:
             renew_if_late=self._leases.renew_if_late,
         )
         self._stopping = anyio.Event()
+        self._grace = self._cfg.shutdown_grace_seconds
+        self._drain_scope: anyio.CancelScope | None = None
         self._on_recycle = on_recycle
 
     # --- lifecycle ----------------------------------------------------------------------
-    def stop(self, reason: str = "stop requested") -> None:
-        """Begin a graceful shutdown (idempotent)."""
+    def stop(self, reason: str = "stop requested", *, grace: float | None = None) -> None:
+        """Begin a graceful shutdown (idempotent).
+
+        *grace* shortens how long handlers in flight may still run (default
+        ``worker.shutdown_grace_seconds``), a drain under way included: its supervisor gone,
+        a worker process stops at once.
+        """
+        if grace is not None and grace < self._grace:
+            self._grace = grace
+            if self._drain_scope is not None:
+                deadline = anyio.current_time() + grace
+                self._drain_scope.deadline = min(self._drain_scope.deadline, deadline)
         if not self._stopping.is_set():
             self.stop_reason = reason
             log.info("worker.stopping", consumer=self.consumer, reason=reason)
@@ -168,6 +181,7 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 await self._outcomes.release_all()
                 self._slots.inflight.clear()
+                self._slots.acking.clear()
             services.cancel_scope.cancel()
         log.info("worker.stopped", consumer=self.consumer, **vars(self.stats))
 
@@ -192,8 +206,9 @@ class Worker:
     async def _drain(self, handlers: anyio.CancelScope) -> None:
         """Start nothing new; give running handlers the grace period, then cancel them."""
         started = self._slots.started()
-        log.info("worker.draining", in_flight=len(started), grace=self._cfg.shutdown_grace_seconds)
-        with anyio.move_on_after(self._cfg.shutdown_grace_seconds):
+        log.info("worker.draining", in_flight=len(started), grace=self._grace)
+        self._drain_scope = anyio.move_on_after(self._grace)
+        with self._drain_scope:
             while self._slots.started():
                 await self._slots.wait_freed()
         handlers.cancel()

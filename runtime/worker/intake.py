@@ -133,22 +133,28 @@ class Intake:
                 return
 
     async def _admit_claimed(self, stream: bytes, live: list[tuple[bytes, Any]]) -> None:
+        # Sorted out as the reply comes, before any await: an entry held here now was held
+        # when Redis claimed it; one that is not may have been acked since the claim, so it
+        # is admitted only if XPENDING (sent after) still shows it pending for us.
         running = [e for i, _ in live if (e := self._slots.get(stream, i)) is not None]
+        new = [(i, f) for i, f in live if self._slots.get(stream, i) is None]
         if running:
             await self._keep_running(stream, running)
-        new = [(i, f) for i, f in live if self._slots.get(stream, i) is None]
         if not new:
             return
         counts = await self._delivery_counts(stream, [i for i, _ in new])
+        admitted = 0
         for entry_id, fields in new:
-            self._slots.admit(stream, entry_id, fields, counts.get(entry_id, 1))
-        self._stats.reclaimed += len(new)
-        log.info("worker.reclaimed", stream=stream.decode(), entries=len(new))
+            if entry_id in counts:
+                admitted += self._slots.admit(stream, entry_id, fields, counts[entry_id])
+        if admitted:
+            self._stats.reclaimed += admitted
+            log.info("worker.reclaimed", stream=stream.decode(), entries=admitted)
 
     async def _keep_running(self, stream: bytes, running: list[Entry]) -> None:
-        """Our own reclaimer claimed entries that run here (the loop was blocked past their
-        lease): they are ours again; keep the copies in flight, admit no second one, and undo
-        the delivery the claim counted."""
+        """Our own reclaimer claimed entries held here (the loop was blocked past their
+        lease): they are ours again; keep the copies held, admit no second one, and undo the
+        delivery the claim counted."""
         args: list[Any] = [self._group, self._consumer, 0]
         for entry in running:
             args += [entry.entry_id, entry.deliveries]
@@ -156,11 +162,17 @@ class Intake:
         log.warning("lease.reclaimed_own", stream=stream.decode(), entries=len(running))
 
     async def _delivery_counts(self, stream: bytes, ids: list[bytes]) -> dict[bytes, int]:
+        """Delivery counts of those *ids* that are pending for us."""
         async with self._client.pipeline(transaction=False) as pipe:
             for entry_id in ids:
                 pipe.xpending_range(stream, self._group, min=entry_id, max=entry_id, count=1)
             replies = await pipe.execute()
-        return {r[0]["message_id"]: r[0]["times_delivered"] for r in replies if r}
+        mine = self._consumer.encode()
+        return {
+            r[0]["message_id"]: r[0]["times_delivered"]
+            for r in replies
+            if r and _text_bytes(r[0]["consumer"]) == mine
+        }
 
     # --- reading ----------------------------------------------------------------------------
     async def read(self) -> None:
@@ -253,3 +265,7 @@ def _stream_items(reply: Any) -> Any:
     if not reply:
         return ()
     return reply.items() if isinstance(reply, dict) else reply
+
+
+def _text_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()

@@ -60,7 +60,7 @@ class Leases:
     async def renew(self) -> None:
         self.renewed_at = anyio.current_time()
         by_stream: dict[bytes, list[bytes]] = {}
-        for entry in self._slots.inflight.values():
+        for entry in self._slots.held():
             if not entry.lost:
                 by_stream.setdefault(entry.stream, []).append(entry.entry_id)
         for stream, ids in by_stream.items():
@@ -71,9 +71,10 @@ class Leases:
                 )
                 for entry_id in lost:
                     gone = self._slots.get(stream, entry_id)
-                    # not pending because its handler acked it (TaskContext.ack_in) and has
-                    # yet to return: done with, not lost
-                    if gone is not None and not gone.acked_by_handler:
+                    # not pending because it was acked (by its handler, TaskContext.ack_in,
+                    # which has yet to return; or by an ack flush we have yet to hear of):
+                    # done with, not lost
+                    if gone is not None and not (gone.acked_by_handler or gone.ack_queued):
                         self.lost(gone)
 
     def lost(self, entry: Entry) -> None:

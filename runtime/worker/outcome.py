@@ -14,6 +14,7 @@ field ``<name>_bytes``; at most :data:`MAX_COPIED_FIELDS` fields.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,8 @@ class Entry:
     """Its lease expired and another worker may own it: settle nothing."""
     acked_by_handler: bool = False
     """Its handler queued the ack with its own last write (:meth:`TaskContext.ack_in`)."""
+    ack_queued: bool = False
+    """It succeeded and its ack waits for the ack loop's next flush."""
 
 
 class Outcomes:
@@ -88,9 +91,11 @@ class Outcomes:
         targets: dict[bytes, str],
         stats: WorkerStats,
         faults: Faults | None = None,
+        on_acked: Callable[[bytes, list[bytes]], None] | None = None,
     ) -> None:
         self._client = client
         self._faults = faults or Faults()
+        self._on_acked = on_acked
         self._scripts = Scripts.register(client)
         self._keys = keys
         self._consumer = consumer
@@ -121,6 +126,7 @@ class Outcomes:
         Nothing to do when its handler acked it already (:meth:`queue_ack`)."""
         if entry.acked_by_handler:
             return
+        entry.ack_queued = True
         self._acks.setdefault(entry.stream, []).append(entry.entry_id)
         self._ack_wanted.set()
 
@@ -157,6 +163,8 @@ class Outcomes:
                     batch = ids[start : start + _ACK_BATCH]
                     await self._scripts.ack(keys=[stream], args=[self._group, *batch])
                 del acks[stream]
+                if self._on_acked is not None:
+                    self._on_acked(stream, ids)
         except BaseException:
             for stream, ids in acks.items():  # keep them for the next flush
                 self._acks.setdefault(stream, []).extend(ids)

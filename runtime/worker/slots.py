@@ -2,9 +2,12 @@
 
 An entry is *in flight* from the moment it is admitted (read, reclaimed or recovered) until
 its handler loop is done with it; its lease is renewed all that time and it fills a slot.
-An entry already in flight is never admitted again: a reclaim that returns one (the event
-loop was blocked past the lease, so our own reclaimer found it idle) leaves the running copy
-alone. The check is a dict lookup, with no round trip.
+A succeeded entry whose ack waits for the ack loop's next flush is *acking*: its slot is free,
+but it is still held (its lease renewed) until the ack is written.
+
+An entry held either way is never admitted again: a reclaim that returns one (the event loop
+was blocked past the lease, so our own reclaimer found it idle) leaves it alone. The check is
+a dict lookup, with no round trip.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class Slots:
     def __init__(self, concurrency: int) -> None:
         self.concurrency = concurrency
         self.inflight: dict[tuple[bytes, bytes], Entry] = {}
+        self.acking: dict[tuple[bytes, bytes], Entry] = {}
         # Entries read but not started, and the idle handler loops waiting for one: each new
         # entry wakes one loop, not all of them (this hand-off is the hot path).
         self._queue: deque[Entry] = deque()
@@ -35,8 +39,13 @@ class Slots:
         return self.concurrency - len(self.inflight)
 
     def get(self, stream: bytes, entry_id: bytes) -> Entry | None:
-        """The entry in flight under this id, if any."""
-        return self.inflight.get((stream, entry_id))
+        """The entry held under this id (in flight or acking), if any."""
+        key = (stream, entry_id)
+        return self.inflight.get(key) or self.acking.get(key)
+
+    def held(self) -> list[Entry]:
+        """Every entry held: in flight or acking."""
+        return [*self.inflight.values(), *self.acking.values()]
 
     def admit(
         self, stream: bytes, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int
@@ -44,7 +53,7 @@ class Slots:
         """Queue a delivered entry for a handler; ``False`` (nothing done) when it is in
         flight already."""
         key = (stream, entry_id)
-        if key in self.inflight:
+        if key in self.inflight or key in self.acking:
             return False
         entry = Entry(stream, entry_id, fields, deliveries)
         self.inflight[key] = entry
@@ -63,11 +72,19 @@ class Slots:
         return self._queue.popleft()
 
     def done(self, entry: Entry) -> None:
-        """*entry* is settled (or given up): its slot is free."""
-        self.inflight.pop((entry.stream, entry.entry_id), None)
+        """*entry* is settled (or given up, or its ack is queued): its slot is free."""
+        key = (entry.stream, entry.entry_id)
+        self.inflight.pop(key, None)
+        if entry.ack_queued:
+            self.acking[key] = entry
         if self._freed is not None:  # only when someone waits: no Event per entry
             self._freed.set()
             self._freed = None
+
+    def acked(self, stream: bytes, ids: list[bytes]) -> None:
+        """The acks of *ids* are written: no longer held."""
+        for entry_id in ids:
+            self.acking.pop((stream, entry_id), None)
 
     async def wait_freed(self) -> None:
         """Wait until a slot is freed."""
