@@ -23,6 +23,7 @@ from redis.crc import key_slot
 import runtime.sessions
 from runtime import AgentsWorkerError, KeyNameError, Keys, MissingModuleError
 from runtime.sessions import (
+    MAX_TTL_SECONDS,
     AgentSession,
     BaseSession,
     JSONSession,
@@ -607,6 +608,115 @@ async def test_json_session_needs_the_json_module(plain_redis_url: str) -> None:
         await lists.delete()
     finally:
         await plain.aclose()
+
+
+# --- every argument is checked before the first write ---------------------------------------
+async def test_session_settings_given_as_a_dict_apply(new_session: MakeSession) -> None:
+    """The SDK's sessions take a dict of SessionSettings fields; ours failed later with an
+    AttributeError."""
+    session = new_session(session_settings={"limit": 2})
+    await session.add_items(numbered(4))
+    assert await session.get_items() == numbered(2, start=2)
+    assert isinstance(session.session_settings, SessionSettings)
+
+
+def _deep(depth: int) -> Item:
+    item: Item = {"role": "user", "content": "x"}
+    for _ in range(depth):
+        item = {"nested": item}
+    return item
+
+
+BAD_SESSIONS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
+    ("ttl past what Redis can expire", {"ttl": 1e20}, ValueError, "longer than Redis"),
+    ("ttl one second past the bound", {"ttl": MAX_TTL_SECONDS + 1}, ValueError, "longer than"),
+    ("ttl infinite", {"ttl": float("inf")}, ValueError, "ttl"),
+    ("ttl not a number", {"ttl": float("nan")}, ValueError, "ttl"),
+    ("ttl a string", {"ttl": "60"}, TypeError, "ttl"),
+    ("ttl a bool", {"ttl": True}, TypeError, "ttl"),
+    ("settings a list", {"session_settings": [3]}, TypeError, "session_settings"),
+    ("settings with an unknown field", {"session_settings": {"top": 1}}, TypeError, "top"),
+    ("settings with a bad limit", {"session_settings": {"limit": "x"}}, ValueError, "limit"),
+    ("keys a string", {"keys": "aw"}, TypeError, "keys"),
+    ("fence not a pair", {"fence": "lease"}, TypeError, "fence"),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [case[1:] for case in BAD_SESSIONS],
+    ids=[c[0] for c in BAD_SESSIONS],
+)
+async def test_bad_session_arguments_are_refused_before_anything_is_written(
+    redis_kind: type[BaseSession],
+    client: redis.asyncio.Redis,
+    keys: Keys,
+    options: dict[str, Any],
+    error: type[Exception],
+    match: str,
+) -> None:
+    """A TTL Redis refuses made add_items fail after the items were pushed (a retry
+    duplicated them); now the session is refused at once, and the history is untouched."""
+    stored = redis_kind("conv", client, keys=keys)
+    await stored.add_items(numbered(2))
+    options.setdefault("keys", keys)
+
+    async def attempt() -> None:
+        await redis_kind("conv", client, **options).add_items([user("again")])
+
+    with pytest.raises(error, match=match):
+        await attempt()
+    assert await stored.get_items() == numbered(2)
+
+
+async def test_the_longest_ttl_is_one_redis_accepts(
+    redis_kind: type[BaseSession], client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    session = redis_kind("conv", client, keys=keys, ttl=MAX_TTL_SECONDS)
+    await session.add_items(numbered(1))
+    assert await session.get_items() == numbered(1)
+    assert all(ttl > 0 for ttl in [await client.pttl(key) for key in data_keys(session)])
+
+
+async def test_bad_call_arguments_are_refused_and_write_nothing(
+    redis_kind: type[BaseSession], client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    session = redis_kind("conv", client, keys=keys)
+    await session.add_items(numbered(2))
+    refused: list[tuple[Callable[[], Awaitable[object]], type[Exception], str]] = [
+        (lambda: session.add_items("hello"), TypeError, "items"),  # type: ignore[arg-type]
+        (lambda: session.add_items(user("x")), TypeError, "items"),  # type: ignore[arg-type]
+        (lambda: session.add_items([user("a"), "b"]), SessionDataError, "item 2 of 2"),  # type: ignore[list-item]
+        (lambda: session.add_items([user("a"), [1]]), SessionDataError, "not a JSON object"),  # type: ignore[list-item]
+        (lambda: session.add_items([_deep(2_000)]), SessionDataError, "cannot be stored"),
+        (lambda: session.get_items(limit="1"), TypeError, "limit"),  # type: ignore[arg-type]
+        (lambda: session.get_items(limit=1.5), TypeError, "limit"),  # type: ignore[arg-type]
+        (lambda: session.rollback_to("1"), TypeError, "count"),  # type: ignore[arg-type]
+        (lambda: session.rollback_to(1.5), TypeError, "count"),  # type: ignore[arg-type]
+        (lambda: session.rollback_to(-1), ValueError, "count"),
+        (lambda: redis_kind.create(123, client=client, keys=keys), TypeError, "user_id"),  # type: ignore[arg-type]
+    ]
+    for call, error, match in refused:
+        with pytest.raises(error, match=match):
+            await call()
+    assert await session.get_items() == numbered(2)
+    assert await session.length() == 2
+
+
+async def test_session_settings_set_later_are_checked_too(
+    redis_kind: type[BaseSession], client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    session = redis_kind("conv", client, keys=keys)
+    await session.add_items(numbered(3))
+    session.session_settings = {"limit": 1}  # type: ignore[assignment]
+    assert await session.get_items() == numbered(1, start=2)
+    with pytest.raises(TypeError, match="session_settings"):
+        session.session_settings = 5  # type: ignore[assignment]
+    settings = SessionSettings(limit=2)
+    session.session_settings = settings
+    settings.limit = "2"  # type: ignore[assignment]  # a pydantic dataclass does not check this
+    with pytest.raises(TypeError, match=r"session_settings\.limit"):
+        await session.get_items()
 
 
 # --- the package ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ and fence their writes with a lease token (*fence*)::
 """
 
 from runtime.sessions.base import BaseSession, Fence, SessionInfo
+from runtime.sessions.checks import MAX_TTL_SECONDS
 from runtime.sessions.errors import (
     SessionDataError,
     SessionError,
@@ -26,6 +27,7 @@ from runtime.sessions.redis_json import JSONSession
 from runtime.sessions.redis_list import AgentSession
 
 __all__ = [
+    "MAX_TTL_SECONDS",
     "AgentSession",
     "BaseSession",
     "Fence",

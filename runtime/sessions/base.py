@@ -9,17 +9,19 @@ first. :class:`BaseSession` implements the SDK's ``Session`` protocol (``get_ite
 Cluster-safe because every key of a conversation shares the hash tag ``{session:<id>}``.
 
 Every write is atomic: if the call is cancelled or the connection drops while it is in flight,
-it happened entirely or not at all (``length()`` tells which).
+it happened entirely or not at all (``length()`` tells which). Every argument (TTL, items,
+limits, ``session_settings``…) is checked before the first write
+(:mod:`runtime.sessions.checks`): a call refused with ``TypeError``, ``ValueError`` or
+:class:`~runtime.errors.SessionDataError` wrote nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-import weakref
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import msgspec
@@ -29,12 +31,23 @@ from agents.memory.session import SessionABC
 from runtime.errors import KeyNameError
 from runtime.keys import Keys, hash_tag
 from runtime.redis.connection import create_client, translate_errors
+from runtime.sessions.checks import (
+    check_count,
+    check_fence,
+    check_items,
+    check_keys,
+    check_limit,
+    check_session_settings,
+    check_ttl,
+    check_user_id,
+)
 from runtime.sessions.codec import decode_item, encode_items, normalize
 from runtime.sessions.errors import (
     SessionError,
     SessionFenceError,
     SessionNotFound,
 )
+from runtime.sessions.scripts import CONFLICT, FENCED, StoreScripts
 from runtime.settings.model import RedisSettings
 
 if TYPE_CHECKING:
@@ -42,62 +55,14 @@ if TYPE_CHECKING:
     from agents.memory import SessionSettings
     from agents.result import RunResultBase
 
-__all__ = ["BaseSession", "Fence", "SessionInfo", "StoreScripts"]
+__all__ = ["BaseSession", "Fence", "SessionInfo"]
 
 Fence = tuple[str, str]
 """``(lease key, token)``: writes succeed only while ``GET lease_key == token``."""
 
-FENCED = -1
-"""What a write script returns when the fence token no longer holds the lease."""
-CONFLICT = -2
-"""What an append returns when the history length is not the one expected."""
-
-# Shared by every write script. KEYS: the conversation's data keys, then the lease key (always
-# last). ARGV[1]: fence token ('' = unfenced), ARGV[2]: TTL in ms (0 = none), ARGV[3]: id.
-LUA_PRELUDE = """
-local function fenced()
-  return ARGV[1] ~= '' and redis.call('GET', KEYS[#KEYS]) ~= ARGV[1]
-end
-local function now()
-  local t = redis.call('TIME')
-  return t[1] .. '.' .. string.format('%06d', t[2])
-end
-local function expire()
-  local ttl = tonumber(ARGV[2])
-  if ttl > 0 then
-    for i = 1, #KEYS - 1 do redis.call('PEXPIRE', KEYS[i], ttl) end
-  end
-end
-"""
-
 # A run result that only repeats the stored history is retried this often when another
 # writer appends between reading the history and appending (see store_agent_result).
 _STORE_ATTEMPTS = 5
-
-
-class StoreScripts(NamedTuple):
-    """The write scripts of one session store (Lua sources, or the same registered)."""
-
-    add: Any
-    pop: Any
-    trim: Any
-    delete: Any
-    create: Any
-    tail: Any
-
-    def registered(self, client: redis.asyncio.Redis) -> StoreScripts:
-        """These scripts registered on *client*, once per client (sessions are made per run,
-        and registering hashes every script)."""
-        per_client = _registered.setdefault(client, {})
-        found = per_client.get(self)
-        if found is None:
-            found = per_client[self] = StoreScripts(*(client.register_script(s) for s in self))
-        return found
-
-
-_registered: weakref.WeakKeyDictionary[redis.asyncio.Redis, dict[StoreScripts, StoreScripts]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -132,7 +97,6 @@ class BaseSession(SessionABC):
     """Name used in error messages."""
 
     session_id: str
-    session_settings: SessionSettings | None
 
     def __init__(
         self,
@@ -141,17 +105,18 @@ class BaseSession(SessionABC):
         *,
         keys: Keys | None = None,
         ttl: float | None = None,
-        session_settings: SessionSettings | None = None,
+        session_settings: SessionSettings | dict[str, Any] | None = None,
         fence: Fence | None = None,
     ) -> None:
-        self.keys = keys if keys is not None else Keys()
+        # Every argument is checked before anything is written (runtime.sessions.checks).
+        self.keys = check_keys(keys)
         self.session_id = session_id
         self.session_settings = session_settings
         self.client = client
         tag = hash_tag(self.keys.session(session_id))  # validates the id
-        if ttl is not None and not ttl * 1000 >= 1:
-            raise ValueError(f"ttl must be at least 0.001 s, not {ttl!r}")
+        ttl_ms = check_ttl(ttl)
         self._ttl = ttl
+        fence = check_fence(fence)
         if fence is not None and hash_tag(fence[0]) != tag:
             raise KeyNameError(
                 f"the lease key {fence[0]!r} must share the hash tag {{{tag}}} of the "
@@ -160,11 +125,7 @@ class BaseSession(SessionABC):
         self._fence = fence
         self.lease_key = fence[0] if fence else self.keys.session_lease(session_id)
         # ARGV[1..3] of every write script (see LUA_PRELUDE)
-        self._head: tuple[str, int, str] = (
-            fence[1] if fence else "",
-            round(ttl * 1000) if ttl is not None else 0,
-            session_id,
-        )
+        self._head: tuple[str, int, str] = (fence[1] if fence else "", ttl_ms, session_id)
         self._owns_client = False
         self._closed = False
         self._bind()
@@ -175,6 +136,19 @@ class BaseSession(SessionABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.session_id!r}, keys={self.keys!r})"
+
+    @property
+    def session_settings(self) -> SessionSettings | None:
+        """The SDK's session settings (``limit``: the default of :meth:`get_items`).
+
+        Set from a :class:`~agents.memory.SessionSettings`, a dict of its fields (as the SDK's
+        own sessions take) or ``None``; anything else is refused at once.
+        """
+        return self._session_settings
+
+    @session_settings.setter
+    def session_settings(self, value: SessionSettings | dict[str, Any] | None) -> None:
+        self._session_settings = check_session_settings(value)
 
     @property
     def conversation_id(self) -> str:
@@ -198,8 +172,9 @@ class BaseSession(SessionABC):
         Without *limit*, ``session_settings.limit`` applies, as in the SDK's sessions.
         """
         self._check_open()
+        limit = check_limit(limit)
         if limit is None and self.session_settings is not None:
-            limit = self.session_settings.limit
+            limit = check_limit(self.session_settings.limit, "session_settings.limit")
         if limit is not None and limit <= 0:
             return []
         return await self._read(limit)
@@ -211,6 +186,7 @@ class BaseSession(SessionABC):
         in the metadata, and the TTL of the conversation's keys when there is one.
         """
         self._check_open()
+        check_items(self.session_id, items)
         if items:
             self._written(await self._append(encode_items(self.session_id, items), -1))
 
@@ -240,9 +216,7 @@ class BaseSession(SessionABC):
         conversation held fewer items).
         """
         self._check_open()
-        if count < 0:
-            raise ValueError(f"count must be >= 0, not {count}")
-        result = await self._trim(count)
+        result = await self._trim(check_count(count))
         self._written(result)
         return result
 
@@ -317,7 +291,7 @@ class BaseSession(SessionABC):
         conversation_id: str | None = None,
         ttl: float | None = None,
         keys: Keys | None = None,
-        session_settings: SessionSettings | None = None,
+        session_settings: SessionSettings | dict[str, Any] | None = None,
     ) -> Self:
         """Start a new conversation (a new random id unless *conversation_id* is given).
 
@@ -325,6 +299,8 @@ class BaseSession(SessionABC):
         a client the session owns and closes in :meth:`close`. :class:`SessionError` when
         *conversation_id* already exists.
         """
+
+        check_user_id(user_id)
 
         async def new(session: Self) -> None:
             if not await session._create(user_id):
@@ -347,7 +323,7 @@ class BaseSession(SessionABC):
         client: redis.asyncio.Redis | None = None,
         keys: Keys | None = None,
         ttl: float | None = None,
-        session_settings: SessionSettings | None = None,
+        session_settings: SessionSettings | dict[str, Any] | None = None,
     ) -> Self:
         """Open an existing conversation; :class:`SessionNotFound` when there is none.
 

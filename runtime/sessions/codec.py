@@ -23,6 +23,8 @@ __all__ = [
 ]
 
 _encoder = msgspec.json.Encoder()
+# A stored item nested deeper than the decoder can follow reads as corrupt, not as a crash.
+_UNREADABLE = (msgspec.DecodeError, RecursionError)
 _item_decoder = msgspec.json.Decoder(dict[str, Any])
 _array_decoder = msgspec.json.Decoder(list[dict[str, Any]])
 
@@ -31,7 +33,7 @@ def encode_items(conversation_id: str, items: Sequence[Any]) -> list[bytes]:
     """The items as JSON; :class:`SessionDataError` names the first one that is not JSON."""
     try:
         return [_encoder.encode(item) for item in items]
-    except (TypeError, msgspec.EncodeError) as exc:
+    except (TypeError, ValueError, RecursionError, msgspec.EncodeError) as exc:
         raise SessionDataError(
             f"conversation {conversation_id!r}: an item cannot be stored as JSON: {exc}"
         ) from exc
@@ -41,12 +43,12 @@ def decode_items(conversation_id: str, raw: Sequence[bytes | str]) -> list[TResp
     """Stored items (one JSON object each) back as SDK input items."""
     try:
         return cast("list[TResponseInputItem]", [_item_decoder.decode(r) for r in raw])
-    except msgspec.DecodeError:
+    except _UNREADABLE:
         pass
     for index, one in enumerate(raw):
         try:
             _item_decoder.decode(one)
-        except msgspec.DecodeError as exc:
+        except _UNREADABLE as exc:
             raise corrupt(conversation_id, one, f"item {index + 1} of the {len(raw)} read") from exc
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -54,7 +56,7 @@ def decode_items(conversation_id: str, raw: Sequence[bytes | str]) -> list[TResp
 def decode_item(conversation_id: str, raw: bytes | str, where: str) -> TResponseInputItem:
     try:
         return cast("TResponseInputItem", _item_decoder.decode(raw))
-    except msgspec.DecodeError as exc:
+    except _UNREADABLE as exc:
         raise corrupt(conversation_id, raw, where) from exc
 
 
@@ -64,11 +66,11 @@ def decode_array(conversation_id: str, raw: bytes | str | None) -> list[TRespons
         return []
     try:
         return cast("list[TResponseInputItem]", _array_decoder.decode(raw))
-    except msgspec.DecodeError as exc:
+    except _UNREADABLE as exc:
         error = exc
     try:
         values = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except _UNREADABLE:
         raise corrupt(conversation_id, raw, "the reply") from error
     for index, value in enumerate(values):
         if not isinstance(value, dict):

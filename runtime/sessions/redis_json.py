@@ -21,8 +21,9 @@ import msgspec
 
 from runtime.errors import MissingModuleError, RedisCommandError
 from runtime.redis.connection import execute, translate_errors
-from runtime.sessions.base import LUA_PRELUDE, BaseSession, SessionInfo, StoreScripts
+from runtime.sessions.base import BaseSession, SessionInfo
 from runtime.sessions.codec import corrupt, decode_array
+from runtime.sessions.scripts import LUA_PRELUDE, StoreScripts
 
 if TYPE_CHECKING:
     from agents.items import TResponseInputItem

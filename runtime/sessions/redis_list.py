@@ -17,8 +17,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from runtime.redis.connection import translate_errors
-from runtime.sessions.base import LUA_PRELUDE, BaseSession, SessionInfo, StoreScripts
+from runtime.sessions.base import BaseSession, SessionInfo
 from runtime.sessions.codec import decode_items, text
+from runtime.sessions.scripts import LUA_PRELUDE, StoreScripts
 
 if TYPE_CHECKING:
     from agents.items import TResponseInputItem
