@@ -165,7 +165,8 @@ class CoordinatorError(AgentsWorkerError, ValueError):
     """The coordinator was used in a way it cannot serve.
 
     Subscribing, acking or claiming without a consumer group, an unknown event type, an event
-    that did not come from this coordinator's streams, event data that is not JSON.
+    that did not come from this coordinator's streams, event data that is not JSON, no Redis
+    to connect to, a handoff to continue with no handler registered for it.
     """
 
 
