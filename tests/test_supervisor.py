@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,135 +16,18 @@ import anyio
 import pytest
 import redis.asyncio
 
-from runtime import Keys, Producer
+from runtime import Keys
 from runtime.dlq import DeadLetters
-from tests.conftest import OPENSSL_DIR, ROOT, make_settings
 from tests.helpers import scratch_list, wait_until, worker_process
+from tests.supervision import FAST, Running, drained, producer, supervise, supervisors
 
 pytestmark = pytest.mark.anyio
-
-FAST = [
-    "worker.lease_seconds=1",
-    "worker.reclaim_interval_seconds=0.2",
-    "worker.retry_backoff_seconds=0.01",
-    "worker.block_ms=500",
-    "supervisor.restart_backoff_seconds=0.05",
-    "supervisor.ready_timeout_seconds=20",
-]
-
-
-class Running:
-    """An `agents-worker run` process whose output is collected line by line."""
-
-    def __init__(self, args: list[str], *, cwd: Path = ROOT) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTS_WORKER_")}
-        env.pop("REDIS_URL", None)
-        env["PYTHONPATH"] = str(ROOT)
-        env["AGENTS_WORKER_REDIS_EMBEDDED_OPENSSL_DIR"] = OPENSSL_DIR
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", *args],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def count(self, pattern: str) -> int:
-        return sum(1 for line in self.lines if re.search(pattern, line))
-
-    async def wait_for(self, pattern: str, n: int = 1, limit: float = 30) -> None:
-        began = time.monotonic()
-        while self.count(pattern) < n:
-            if self.proc.poll() is not None or time.monotonic() - began > limit:
-                raise AssertionError(f"no {n}× {pattern!r} in:\n{self.output[-3000:]}")
-            await anyio.sleep(0.05)
-
-    def workers(self) -> list[int]:
-        """Pids of the worker processes (children of the supervisor)."""
-        pids = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == self.proc.pid and fields[0] != "Z":
-                pids.append(int(stat.parent.name))
-        return pids
-
-    async def stop(self, limit: float = 30) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return await self.wait(limit)
-
-    async def wait(self, limit: float = 30) -> int:
-        began = time.monotonic()
-        while self.proc.poll() is None:
-            if time.monotonic() - began > limit:
-                self.proc.kill()
-                raise AssertionError(f"did not exit within {limit} s:\n{self.output[-3000:]}")
-            await anyio.sleep(0.05)
-        self._close()
-        return self.proc.returncode
-
-    def _close(self) -> None:
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def kill(self) -> None:
-        for pid in self.workers():
-            os.kill(pid, signal.SIGKILL)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._close()
 
 
 @pytest.fixture
 def runs() -> Iterator[list[Running]]:
-    started: list[Running] = []
-    yield started
-    for run in started:
-        run.kill()
-
-
-def supervise(
-    runs: list[Running], url: str | None, prefix: str, *args: str, sets: list[str] = FAST,
-    app: str = "tests.apps:app", cwd: Path = ROOT,
-) -> Running:  # fmt: skip
-    argv = ["--key-prefix", prefix]
-    if url is not None:
-        argv += ["--redis-url", url]
-    for item in sets:
-        argv += ["--set", item]
-    run = Running([*argv, "run", app, "--http-port", "0", *args], cwd=cwd)
-    runs.append(run)
-    return run
-
-
-@pytest.fixture
-async def client(redis_url: str, key_prefix: str) -> redis.asyncio.Redis:
-    conn = redis.asyncio.Redis.from_url(redis_url)
-    yield conn
-    async for key in conn.scan_iter(match=f"{key_prefix}:*", count=1000):
-        await conn.unlink(key)
-    await conn.aclose()
-
-
-def producer(url: str, keys: Keys, client: redis.asyncio.Redis) -> Producer:
-    return Producer(client, keys=keys, settings=make_settings(url, keys.prefix))
+    with supervisors() as started:
+        yield started
 
 
 @pytest.mark.timeout(240)
@@ -177,7 +56,7 @@ async def test_sigkill_chaos_loses_nothing(
         return int(await client.llen(keys.scratch("effects"))) >= total
 
     await wait_until(all_done, limit=90, what=f"{total} effects")
-    await wait_until(lambda: _drained(client, keys, "slow"), limit=30, what="an empty inbox")
+    await wait_until(lambda: drained(client, keys, "slow"), limit=30, what="an empty inbox")
     effects = await scratch_list(client, keys, "effects")
     assert set(effects) == {s.task_id for s in sent}  # nothing lost
     duplicates = len(effects) - len(set(effects))
@@ -185,11 +64,6 @@ async def test_sigkill_chaos_loses_nothing(
     assert await DeadLetters(client, keys=keys).size("slow") == 0
     assert run.count("worker.crashed") == kills
     assert await run.stop() == 0
-
-
-async def _drained(client: redis.asyncio.Redis, keys: Keys, target: str) -> bool:
-    pending = await client.xpending(keys.inbox(target), "workers")
-    return int(await client.xlen(keys.inbox(target))) == 0 and pending["pending"] == 0
 
 
 async def test_crashing_entry_is_dead_lettered_after_max_deliveries(
@@ -207,7 +81,8 @@ async def test_crashing_entry_is_dead_lettered_after_max_deliveries(
     await wait_until(dead_lettered, limit=30, what="the poison entry in the DLQ")
     assert await scratch_list(client, keys, "started") == [poison.task_id] * 3
     [letter] = await letters.read("crash")
-    assert letter.reason.startswith("delivered 4 times without an outcome")
+    assert letter.reason == "max_deliveries"
+    assert letter.detail.startswith("delivered 4 times without an outcome")
     assert letter.error == "the worker running it died or hung"
     assert run.count("worker.crashed") == 3
     done = await producer(redis_url, keys, client).enqueue("echo", 1)  # the fleet goes on
@@ -322,7 +197,7 @@ async def test_sigterm_drains_slow_handlers(
     assert await run.stop() == 0
     assert time.monotonic() - began < 8
     assert len(await scratch_list(client, keys, "effects")) == 4  # they finished
-    assert await _drained(client, keys, "slow")  # nothing stranded
+    assert await drained(client, keys, "slow")  # nothing stranded
 
 
 async def test_embedded_redis_when_no_url(

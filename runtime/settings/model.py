@@ -428,12 +428,22 @@ class SupervisorSettings(Section, frozen=True, kw_only=True):
         Meta(
             ge=1,
             description="Crashes within `crash_loop_window_seconds` after which the "
-            "supervisor gives up and exits 1.",
+            "supervisor gives up and exits 1. Only a worker that dies before READY or within "
+            "`crash_loop_min_uptime_seconds` after it counts; one that served longer (killed "
+            "by an operator or the OOM killer) is restarted with backoff, never given up on.",
         ),
     ] = 5
     crash_loop_window_seconds: Annotated[
         float, Meta(gt=0, description="The window over which crashes are counted.")
     ] = 60.0
+    crash_loop_min_uptime_seconds: Annotated[
+        float,
+        Meta(
+            ge=0,
+            description="A worker that dies sooner than this after reporting READY counts "
+            "as a crash towards `crash_loop_restarts`; one that ran longer does not.",
+        ),
+    ] = 10.0
 
 
 class ObservabilitySettings(Section, frozen=True, kw_only=True):

@@ -1,13 +1,20 @@
 """The supervisor: keeps N worker processes running for one app.
 
 - spawns each worker (``python -m runtime.worker``) in its own session, hands it the effective
-  settings on stdin and waits for its ``READY`` line (``supervisor.ready_timeout_seconds``);
-- restarts a worker that died, with exponential backoff, and gives up with a clear error when
-  workers crash ``crash_loop_restarts`` times within ``crash_loop_window_seconds``;
+  settings on stdin, keeps that pipe open as its liveness (a worker exits by itself when the
+  supervisor is gone) and waits for its ``READY`` line (``supervisor.ready_timeout_seconds``);
+- names each worker ``<host>:<instance>:<slot>``, the instance id made per start: a worker
+  restarted in a slot takes back its reaped predecessor's entries at once, and another
+  supervisor on the same host never shares a name (:mod:`runtime.worker.process`);
+- restarts a worker that died, with exponential backoff; gives up with a clear error only when
+  workers crash *early* (before READY or within ``crash_loop_min_uptime_seconds`` of it)
+  ``crash_loop_restarts`` times within ``crash_loop_window_seconds``: a worker that served
+  and was killed (an operator, the OOM killer) is always restarted;
 - replaces a worker that recycled itself (``worker.max_entries`` / ``worker.max_rss_mb``) at once;
 - between ``min_workers`` and ``max_workers``, adds workers while the inboxes hold more than
   the running workers can take and removes one after ``scale_down_after_seconds`` of low backlog;
-- serves ``/healthz``, ``/readyz`` and ``/metrics``;
+- serves ``/healthz``, ``/readyz`` (503 while no worker is ready or every ready one is paused
+  by a Redis fault) and ``/metrics``; a port in use is one clear error;
 - on SIGTERM/SIGINT passes SIGTERM on, waits for the workers to drain, and exits 0.
 """
 
@@ -19,41 +26,30 @@ import signal
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
 
 import anyio
 import msgspec
 import redis.asyncio
-from anyio.abc import Process
-from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.abc import SocketStream
+from anyio.streams.stapled import MultiListener
 
 from runtime.app import load_app
-from runtime.errors import SupervisorError
+from runtime.errors import RedisError, SupervisorError
 from runtime.keys import Keys
 from runtime.log import get_logger
 from runtime.redaction import redact_url
 from runtime.redis.connection import open_redis, translate_errors
 from runtime.settings.model import Settings
 from runtime.supervisor.health import HealthServer, Probe
-from runtime.worker.process import consumer_name
+from runtime.supervisor.slot import Slot, WorkerExit, run_worker, send_signal
+from runtime.worker.process import consumer_name, new_instance_id
 
 __all__ = ["Supervisor"]
 
 log = get_logger(__name__)
 
 _MAX_BACKOFF = 30.0
-_STABLE_AFTER = 30.0  # a worker that ran this long resets the backoff
 _KILL_MARGIN = 10.0
-
-
-@dataclass
-class _Slot:
-    index: int
-    process: Process | None = None
-    ready: bool = False
-    retiring: bool = False
-    recycle_reason: str | None = None
-    crashes_in_a_row: int = 0
 
 
 class Supervisor:
@@ -66,7 +62,9 @@ class Supervisor:
         self.restarts = 0
         self.backlog = 0
         self.http_port: int | None = None
-        self._slots: dict[int, _Slot] = {}
+        self.instance = new_instance_id()
+        """This start's part of the workers' consumer names."""
+        self._slots: dict[int, Slot] = {}
         self._crashes: deque[float] = deque()
         self._failure: str | None = None
         self._unclean_exits = 0
@@ -87,6 +85,11 @@ class Supervisor:
         return sum(1 for slot in self._slots.values() if slot.ready)
 
     @property
+    def paused_workers(self) -> int:
+        """Ready workers that Redis faults (full, read-only, loading…) hold paused."""
+        return sum(1 for slot in self._slots.values() if slot.ready and slot.paused is not None)
+
+    @property
     def worker_pids(self) -> list[int]:
         return [s.process.pid for s in self._slots.values() if s.process is not None]
 
@@ -98,19 +101,30 @@ class Supervisor:
         """Supervise until stopped; returns the exit status (0 after a clean drain).
 
         Raises:
-            SupervisorError: workers crashed in a loop.
+            SupervisorError: workers crashed in a loop, or the HTTP port cannot be bound.
             AppError: the app cannot be loaded.
         """
         app = load_app(self.app_spec)  # fail here, once, rather than in every worker
         self._targets = app.targets
-        async with open_redis(self.settings) as conn:
+        server, listener = None, None
+        sup = self.settings.supervisor
+        if sup.http_port:
+            # bound before anything starts: a port in use is one clear error, not a traceback
+            server = HealthServer(
+                Probe(self._alive, self._not_ready, self._metrics), sup.http_host, sup.http_port
+            )
+            listener = await server.listen()
+        async with contextlib.AsyncExitStack() as stack:
+            if listener is not None:
+                await stack.enter_async_context(listener)
+            conn = await stack.enter_async_context(open_redis(self.settings))
             if conn.started_embedded:
                 log.info("supervisor.embedded_redis", url=redact_url(conn.url))
             redis_settings = msgspec.structs.replace(self.settings.redis, url=conn.url)
             self._child_settings = msgspec.json.encode(
                 msgspec.structs.replace(self.settings, redis=redis_settings)
             )
-            clean = await self._supervise(conn.client, conn.keys)
+            clean = await self._supervise(conn.client, conn.keys, server, listener)
         if self._failure is not None:
             raise SupervisorError(self._failure)
         return 0 if clean else 1
@@ -126,17 +140,21 @@ class Supervisor:
             await self._ready_changed.wait()
 
     # --- supervision --------------------------------------------------------------------
-    async def _supervise(self, client: redis.asyncio.Redis, keys: Keys) -> bool:
+    async def _supervise(
+        self,
+        client: redis.asyncio.Redis,
+        keys: Keys,
+        server: HealthServer | None,
+        listener: MultiListener[SocketStream] | None,
+    ) -> bool:
         async with anyio.create_task_group() as services:
             services.start_soon(self._watch_signals)
-            sup = self.settings.supervisor
-            if sup.http_port:
-                probe = Probe(self._alive, self._ready, self._metrics)
-                server = HealthServer(probe, sup.http_host, sup.http_port)
-                self.http_port = await services.start(server.serve)
+            if server is not None:
+                self.http_port = await services.start(server.serve, listener)
             log.info(
                 "supervisor.started",
                 app=self.app_spec,
+                instance=self.instance,
                 targets=self._targets,
                 workers=self.initial,
                 concurrency=self.settings.worker.concurrency,
@@ -151,111 +169,92 @@ class Supervisor:
                 await self._stopping.wait()
                 services.start_soon(self._kill_stragglers)
                 for slot in self._slots.values():
-                    _terminate(slot)
+                    send_signal(slot.process, signal.SIGTERM)
             services.cancel_scope.cancel()
         clean = self._failure is None and self._unclean_exits == 0
         log.info("supervisor.stopped", clean=clean, restarts=self.restarts)
         return clean
 
-    def _add_slot(self, group: anyio.abc.TaskGroup) -> _Slot:
+    def _add_slot(self, group: anyio.abc.TaskGroup) -> Slot:
         index = next(i for i in range(len(self._slots) + 1) if i not in self._slots)
-        slot = _Slot(index)
+        slot = Slot(index, consumer_name(index, self.instance))
         self._slots[index] = slot
         group.start_soon(self._run_slot, slot)
         return slot
 
-    async def _run_slot(self, slot: _Slot) -> None:
+    async def _run_slot(self, slot: Slot) -> None:
         try:
             while not self._stopping.is_set() and not slot.retiring:
-                began = time.monotonic()
-                status, why = await self._run_worker(slot)
+                ended = await self._run_worker(slot)
                 if self._stopping.is_set() or slot.retiring:
                     # one still starting (not READY) held no work of its own yet
-                    starting = not why.startswith("exit status")
-                    if status != 0 and not starting:
+                    if ended.status != 0 and ended.served is not None:
                         self._unclean_exits += 1
-                        log.warning("worker.unclean_exit", slot=slot.index, status=status)
+                        log.warning("worker.unclean_exit", slot=slot.index, reason=ended.reason)
                     return
-                if slot.recycle_reason is not None and status == 0:
+                if slot.recycle_reason is not None and ended.status == 0:
                     log.info("worker.recycled", slot=slot.index, reason=slot.recycle_reason)
                     slot.recycle_reason = None
                     continue
-                await self._crashed(slot, status, why, time.monotonic() - began)
+                await self._crashed(slot, ended)
         finally:
             self._slots.pop(slot.index, None)
 
-    async def _crashed(self, slot: _Slot, status: int | None, why: str, ran: float) -> None:
+    async def _crashed(self, slot: Slot, ended: WorkerExit) -> None:
+        """Restart after a backoff; give up only on a loop of early crashes."""
         self.restarts += 1
+        sup = self.settings.supervisor
+        early = ended.served is None or ended.served < sup.crash_loop_min_uptime_seconds
+        slot.crashes_in_a_row = slot.crashes_in_a_row + 1 if early else 1
+        log.warning(
+            "worker.crashed",
+            slot=slot.index,
+            status=ended.status,
+            reason=ended.reason,
+            served_s=None if ended.served is None else round(ended.served, 1),
+            crash_loop=early,
+        )
+        if early and self._crash_loop(slot, ended):
+            return
+        base = sup.restart_backoff_seconds
+        delay = min(_MAX_BACKOFF, base * 2 ** (slot.crashes_in_a_row - 1))
+        with anyio.move_on_after(delay):
+            await self._stopping.wait()
+
+    def _crash_loop(self, slot: Slot, ended: WorkerExit) -> bool:
+        """Count an early crash; past the limit, stop with the reason and return True."""
         now = time.monotonic()
         self._crashes.append(now)
         window = self.settings.supervisor.crash_loop_window_seconds
         while self._crashes and now - self._crashes[0] > window:
             self._crashes.popleft()
-        slot.crashes_in_a_row = 1 if ran > _STABLE_AFTER else slot.crashes_in_a_row + 1
-        log.warning(
-            "worker.crashed", slot=slot.index, status=status, reason=why, ran_s=round(ran, 1)
+        if len(self._crashes) < self.settings.supervisor.crash_loop_restarts:
+            return False
+        self._failure = (
+            f"worker processes crashed {len(self._crashes)} times within {window:g} s "
+            f"before or soon after READY (last: slot {slot.index}, {ended.reason}); giving "
+            "up. The workers' own messages are above; fix the cause and run again."
         )
-        if len(self._crashes) >= self.settings.supervisor.crash_loop_restarts:
-            self._failure = (
-                f"worker processes crashed {len(self._crashes)} times within {window:g} s "
-                f"(last: slot {slot.index}, {why}); giving up. The workers' own messages "
-                "are above; fix the cause and run again."
-            )
-            self.stop()
-            return
-        base = self.settings.supervisor.restart_backoff_seconds
-        delay = min(_MAX_BACKOFF, base * 2 ** (slot.crashes_in_a_row - 1))
-        with anyio.move_on_after(delay):
-            await self._stopping.wait()
+        self.stop()
+        return True
 
-    async def _run_worker(self, slot: _Slot) -> tuple[int | None, str]:
+    async def _run_worker(self, slot: Slot) -> WorkerExit:
         command = [
             self.python, "-m", "runtime.worker", "--app", self.app_spec,
-            "--slot", str(slot.index), "--consumer", consumer_name(slot.index),
-            "--settings-stdin",
+            "--slot", str(slot.index), "--consumer", slot.consumer, "--settings-stdin",
         ]  # fmt: skip
-        process = await anyio.open_process(
-            command, stdin=-1, stdout=-1, stderr=None, start_new_session=True
-        )
-        slot.process = process
-        try:
-            assert process.stdin is not None and process.stdout is not None
-            await process.stdin.send(self._child_settings)
-            await process.stdin.aclose()
-            lines = BufferedByteReceiveStream(process.stdout)
-            with anyio.move_on_after(self.settings.supervisor.ready_timeout_seconds):
-                while not slot.ready:
-                    line = await _read_line(lines)
-                    if line is None:
-                        break
-                    slot.ready = line.startswith("READY")
-            if not slot.ready:
-                if process.returncode is None:
-                    process.kill()
-                status = await process.wait()
-                return status, "it exited or did not report READY in time"
-            log.info("worker.ready", slot=slot.index, pid=process.pid)
-            self._ready_changed.set()
-            while (line := await _read_line(lines)) is not None:
-                if line.startswith("RECYCLE "):
-                    slot.recycle_reason = line[len("RECYCLE ") :]
-            status = await process.wait()
-            return status, f"exit status {status}"
-        finally:
-            with anyio.CancelScope(shield=True):
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
-            slot.ready = False
-            slot.process = None
-            await process.aclose()
+        timeout = self.settings.supervisor.ready_timeout_seconds
+        return await run_worker(slot, command, self._child_settings, timeout, self._on_ready)
+
+    def _on_ready(self) -> None:
+        self._ready_changed.set()  # the event of the moment: wait_ready() makes new ones
 
     async def _kill_stragglers(self) -> None:
         await anyio.sleep(self.settings.worker.shutdown_grace_seconds + _KILL_MARGIN)
         for slot in self._slots.values():
             if slot.process is not None and slot.process.returncode is None:
                 log.warning("worker.killed", slot=slot.index, pid=slot.process.pid)
-                slot.process.kill()
+                send_signal(slot.process, signal.SIGKILL)
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -267,7 +266,8 @@ class Supervisor:
                 else:
                     log.warning("supervisor.stop_now", signal=name)
                     for slot in self._slots.values():
-                        _terminate(slot)  # a second signal makes the workers exit at once
+                        # a second signal makes the workers exit at once
+                        send_signal(slot.process, signal.SIGTERM)
 
     # --- autoscaling --------------------------------------------------------------------
     async def _autoscale(
@@ -275,41 +275,60 @@ class Supervisor:
     ) -> None:
         sup = self.settings.supervisor
         low_since: float | None = None
+        failing = False
         while True:
             await anyio.sleep(sup.scale_interval_seconds)
             try:
                 self.backlog = await _backlog(client, keys, self._targets)
-            except Exception as exc:
-                log.warning("autoscale.read_failed", error=str(exc))
+            except RedisError as exc:
+                # an error reply (OOM, LOADING…) or Redis away: keep the workers as they are
+                if not failing:
+                    log.warning("autoscale.read_failed", error=str(exc))
+                failing = True
                 continue
-            active = sorted(i for i, s in self._slots.items() if not s.retiring)
-            per_worker = self.settings.worker.concurrency
-            wanted = math.ceil(self.backlog / per_worker)
-            desired = min(self.max_workers, max(self.min_workers, wanted))
-            if desired > len(active):
-                low_since = None
-                for _ in range(desired - len(active)):
-                    slot = self._add_slot(group)
-                    log.info("autoscale.up", slot=slot.index, backlog=self.backlog)
-            elif desired < len(active):
-                now = time.monotonic()
-                if low_since is None:
-                    low_since = now
-                elif now - low_since >= sup.scale_down_after_seconds:
-                    slot = self._slots[active[-1]]
-                    slot.retiring = True
-                    _terminate(slot)
-                    log.info("autoscale.down", slot=slot.index, backlog=self.backlog)
-                    low_since = now
-            else:
-                low_since = None
+            if failing:
+                log.info("autoscale.read_recovered", backlog=self.backlog)
+                failing = False
+            low_since = self._scale(group, low_since)
+
+    def _scale(self, group: anyio.abc.TaskGroup, low_since: float | None) -> float | None:
+        """Add or retire workers for the last backlog; returns when it was first low."""
+        active = sorted(i for i, s in self._slots.items() if not s.retiring)
+        wanted = math.ceil(self.backlog / self.settings.worker.concurrency)
+        desired = min(self.max_workers, max(self.min_workers, wanted))
+        if desired > len(active):
+            for _ in range(desired - len(active)):
+                slot = self._add_slot(group)
+                log.info("autoscale.up", slot=slot.index, backlog=self.backlog)
+            return None
+        if desired == len(active):
+            return None
+        now = time.monotonic()
+        if low_since is None:
+            return now
+        if now - low_since < self.settings.supervisor.scale_down_after_seconds:
+            return low_since
+        slot = self._slots[active[-1]]
+        slot.retiring = True
+        send_signal(slot.process, signal.SIGTERM)
+        log.info("autoscale.down", slot=slot.index, backlog=self.backlog)
+        return now
 
     # --- probes -------------------------------------------------------------------------
     def _alive(self) -> bool:
         return self._failure is None
 
-    def _ready(self) -> bool:
-        return not self._stopping.is_set() and self.ready_workers > 0
+    def _not_ready(self) -> str | None:
+        """Why /readyz says 503, or None when it says 200."""
+        if self._stopping.is_set():
+            return "stopping"
+        ready = [slot for slot in self._slots.values() if slot.ready]
+        if not ready:
+            return "no worker is ready"
+        paused = [slot.paused for slot in ready if slot.paused is not None]
+        if len(paused) == len(ready):
+            return f"every worker is paused: {paused[0]}"
+        return None
 
     def _metrics(self) -> str:
         lines = [
@@ -317,6 +336,7 @@ class Supervisor:
             "# TYPE agents_worker_workers gauge",
             f'agents_worker_workers{{state="ready"}} {self.ready_workers}',
             f'agents_worker_workers{{state="running"}} {len(self.worker_pids)}',
+            f'agents_worker_workers{{state="paused"}} {self.paused_workers}',
             "# HELP agents_worker_worker_restarts_total Worker processes restarted after a crash.",
             "# TYPE agents_worker_worker_restarts_total counter",
             f"agents_worker_worker_restarts_total {self.restarts}",
@@ -334,16 +354,3 @@ async def _backlog(client: redis.asyncio.Redis, keys: Keys, targets: list[str]) 
             for target in targets:
                 pipe.xlen(keys.inbox(target))
             return sum(int(n) for n in await pipe.execute())
-
-
-async def _read_line(lines: BufferedByteReceiveStream) -> str | None:
-    try:
-        return (await lines.receive_until(b"\n", 65536)).decode(errors="replace").strip()
-    except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
-        return None
-
-
-def _terminate(slot: _Slot) -> None:
-    if slot.process is not None and slot.process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            slot.process.send_signal(signal.SIGTERM)

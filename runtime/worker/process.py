@@ -1,24 +1,38 @@
 """A worker process: ``python -m runtime.worker --app module:object [--slot N]``.
 
-Started by the supervisor, which writes the effective settings as JSON on its stdin and reads
-status lines on its stdout (``READY``, ``RECYCLE <reason>``); the process's own output goes to
-stderr. Run by hand (no ``--settings-stdin``) it loads settings like the CLI does.
+Started by the supervisor (``--settings-stdin``), which writes the effective settings as one
+line of JSON on its stdin and then keeps that pipe open for as long as it lives: the pipe is
+the supervisor's liveness. The worker reads status lines on its stdout to the supervisor
+(``READY <pid>``, ``RECYCLE <reason>``, ``PAUSED <reason>``, ``RESUMED``); the process's own
+output goes to stderr. Run by hand (no ``--settings-stdin``) it loads settings like the CLI
+does and gets a consumer name of its own.
 
 Signals: the first SIGTERM or SIGINT drains gracefully and exits 0; a second exits at once.
+
+When the supervisor is gone (EOF on stdin, or SIGHUP, which Linux sends on the parent's death:
+a backstop for a pipe whose other end leaked into another process), the worker stops at once:
+it starts nothing new, cancels the handlers still running after
+:data:`ORPHAN_GRACE_SECONDS`, releases what it holds for other workers to take at once, and
+exits; whatever happens, it is gone :data:`ORPHAN_EXIT_SECONDS` after the supervisor.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import os
+import secrets
 import signal
 import socket
 import sys
+import threading
 from typing import TextIO
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import msgspec
 
 from runtime.app import App, load_app
@@ -28,17 +42,43 @@ from runtime.redis.connection import open_redis
 from runtime.settings import Settings, load_settings
 from runtime.worker.consumer import Worker
 
-__all__ = ["consumer_name", "main"]
+__all__ = [
+    "ORPHAN_EXIT_SECONDS",
+    "ORPHAN_GRACE_SECONDS",
+    "consumer_name",
+    "main",
+    "new_instance_id",
+]
 
 log = get_logger(__name__)
 
 EXIT_FAILED = 1
+EXIT_ORPHANED = 1
 EXIT_INTERRUPTED = 130
 
+ORPHAN_GRACE_SECONDS = 0.5
+"""Once the supervisor is gone, handlers in flight get this long before they are cancelled."""
+ORPHAN_EXIT_SECONDS = 2.0
+"""Once the supervisor is gone, the process exits within this long, even with a blocked loop."""
 
-def consumer_name(slot: int) -> str:
-    """Stable per host and slot, so a restarted worker recovers its predecessor's entries."""
-    return f"{socket.gethostname()}:{slot}"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def new_instance_id() -> str:
+    """A random id for one supervisor start (or one worker started by hand)."""
+    return secrets.token_hex(4)
+
+
+def consumer_name(slot: int, instance: str | None = None) -> str:
+    """``<host>:<instance>:<slot>``: unique among live processes.
+
+    The supervisor makes *instance* once per start (:func:`new_instance_id`), so a worker it
+    restarts in a slot, after reaping the dead one before it, takes that one's pending entries
+    back at once (under the same name); the workers of another supervisor on the same host
+    (blue/green, a second Procfile line, the orphans of a killed supervisor) never share a
+    name. Without *instance* a fresh one is made: a worker started by hand is unique too.
+    """
+    return f"{socket.gethostname()}:{instance or new_instance_id()}:{slot}"
 
 
 def _status_channel(use_stdout: bool) -> TextIO | None:
@@ -53,12 +93,64 @@ def _status_channel(use_stdout: bool) -> TextIO | None:
 
 def _say(channel: TextIO | None, line: str) -> None:
     if channel is not None:
-        # the supervisor may be gone; the work goes on until we are told to stop
+        # the supervisor may be gone: the liveness pipe tells us, not a failed write
+        with contextlib.suppress(OSError, ValueError):
+            channel.write(" ".join(line.split()) + "\n")  # one line whatever the reason holds
+
+
+def _fault_line(reason: str | None) -> str:
+    return "RESUMED" if reason is None else f"PAUSED {reason}"
+
+
+class _Liveness:
+    """The supervisor's liveness: EOF on our stdin (or SIGHUP) means it is gone."""
+
+    def __init__(self) -> None:
+        self.gone = anyio.Event()
+        self._exit_armed = threading.Lock()
+
+    def watch(self, fd: int) -> None:
+        """Block a daemon thread on *fd*; at EOF arm the exit and wake the event loop."""
+        token = anyio.lowlevel.current_token()
+        thread = threading.Thread(
+            target=self._wait_eof, args=(fd, token), name="supervisor-liveness", daemon=True
+        )
+        thread.start()
+
+    def _wait_eof(self, fd: int, token: anyio.lowlevel.EventLoopToken) -> None:
         with contextlib.suppress(OSError):
-            channel.write(line + "\n")
+            while os.read(fd, 4096):
+                pass
+        self.arm_exit()  # before waking the loop: it may be blocked by a handler
+        with contextlib.suppress(anyio.RunFinishedError):
+            anyio.from_thread.run_sync(self.gone.set, token=token)
+
+    def arm_exit(self) -> None:
+        """Exit the process :data:`ORPHAN_EXIT_SECONDS` from now, whatever the loop does."""
+        if self._exit_armed.acquire(blocking=False):
+            timer = threading.Timer(ORPHAN_EXIT_SECONDS, _exit_orphaned)
+            timer.daemon = True
+            timer.start()
+
+
+def _exit_orphaned() -> None:
+    log.warning("worker.orphan_exit", pid=os.getpid())
+    os._exit(EXIT_ORPHANED)
+
+
+def _set_parent_death_signal() -> None:
+    """Have Linux send SIGHUP when our parent (the supervisor) dies; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGHUP), 0, 0, 0)
 
 
 async def _serve(app: App, settings: Settings, consumer: str, channel: TextIO | None) -> int:
+    liveness: _Liveness | None = None
+    if channel is not None:
+        liveness = _Liveness()
+        liveness.watch(sys.stdin.fileno())
     async with open_redis(settings) as conn:
         worker = Worker(
             app,
@@ -67,9 +159,12 @@ async def _serve(app: App, settings: Settings, consumer: str, channel: TextIO | 
             consumer=consumer,
             keys=conn.keys,
             on_recycle=lambda reason: _say(channel, f"RECYCLE {reason}"),
+            on_fault=lambda reason: _say(channel, _fault_line(reason)),
         )
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_signals, worker)
+            tg.start_soon(_watch_signals, worker, liveness)
+            if liveness is not None:
+                tg.start_soon(_stop_when_orphaned, worker, liveness)
             async with anyio.create_task_group() as serving:
                 await serving.start(worker.run)
                 _say(channel, f"READY {os.getpid()}")
@@ -77,12 +172,25 @@ async def _serve(app: App, settings: Settings, consumer: str, channel: TextIO | 
     return 0
 
 
-async def _watch_signals(worker: Worker) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _stop_when_orphaned(worker: Worker, liveness: _Liveness) -> None:
+    await liveness.gone.wait()
+    liveness.arm_exit()
+    log.warning("worker.orphaned", consumer=worker.consumer, exit_within=ORPHAN_EXIT_SECONDS)
+    worker.stop("supervisor gone", grace=ORPHAN_GRACE_SECONDS)
+
+
+async def _watch_signals(worker: Worker, liveness: _Liveness | None) -> None:
+    watched = [signal.SIGTERM, signal.SIGINT]
+    if liveness is not None:
+        watched.append(signal.SIGHUP)  # the parent-death signal
+    with anyio.open_signal_receiver(*watched) as signals:
         if _early_signal:
             worker.stop(f"signal {signal.Signals(_early_signal[0]).name} during start-up")
         async for signum in signals:
-            if worker.stop_reason is None:
+            if signum == signal.SIGHUP and liveness is not None:
+                liveness.arm_exit()
+                liveness.gone.set()
+            elif worker.stop_reason is None:
                 worker.stop(f"signal {signal.Signals(signum).name}")
             else:
                 log.warning("worker.exit_now", signal=signal.Signals(signum).name)
@@ -97,6 +205,14 @@ def _remember_signal(signum: int, frame: object) -> None:
     _early_signal.append(signum)
 
 
+def _read_settings_line() -> Settings:
+    """The supervisor's settings: one line of JSON (the pipe then stays open, unread)."""
+    line = sys.stdin.buffer.readline()
+    if not line.endswith(b"\n"):
+        raise AgentsWorkerError("no settings on stdin: the supervisor is gone")
+    return msgspec.json.decode(line, type=Settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     # replaced by the graceful handler once the worker runs (_watch_signals)
     signal.signal(signal.SIGTERM, _remember_signal)
@@ -104,12 +220,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime.worker")
     parser.add_argument("--app", required=True, help="module:object of the App")
     parser.add_argument("--slot", type=int, default=0)
-    parser.add_argument("--consumer", help="consumer name [default: <host>:<slot>]")
-    parser.add_argument("--settings-stdin", action="store_true")
+    parser.add_argument("--consumer", help="consumer name [default: <host>:<random>:<slot>]")
+    parser.add_argument(
+        "--settings-stdin",
+        action="store_true",
+        help="read the settings as one JSON line on stdin, then exit when stdin closes",
+    )
     args = parser.parse_args(argv)
     try:
         if args.settings_stdin:
-            settings = msgspec.json.decode(sys.stdin.buffer.read(), type=Settings)
+            _set_parent_death_signal()  # SIGHUP's default action kills us until we run
+            settings = _read_settings_line()
         else:
             settings = load_settings()
         configure_logging(settings.observability.log_level, settings.observability.log_format)

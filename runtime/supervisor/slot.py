@@ -1,0 +1,160 @@
+"""One worker process of the supervisor: spawn, READY handshake, status lines, signals.
+
+The supervisor writes the effective settings as one JSON line on the worker's stdin and keeps
+that pipe open while it lives: when the supervisor dies, even by SIGKILL, the worker sees EOF
+and exits by itself (:mod:`runtime.worker.process`). The worker answers on its stdout:
+``READY <pid>`` once it serves, then ``RECYCLE <reason>``, ``PAUSED <reason>`` (Redis refuses
+work: full, read-only, loading…) and ``RESUMED``.
+
+Signals go to the pid with :func:`os.kill`, never through :class:`subprocess.Popen`: Popen
+polls (reaps) a child that already exited before it signals it, and asyncio's child watcher
+then reports that child's status as 255 ("Unknown child process pid").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from runtime.log import get_logger
+
+__all__ = ["Slot", "WorkerExit", "describe_status", "run_worker", "send_signal"]
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Slot:
+    """A place for one worker process; restarted workers keep its index (and name)."""
+
+    index: int
+    consumer: str
+    process: Process | None = None
+    ready_at: float | None = None
+    """Monotonic time of the worker's READY line; ``None`` until then."""
+    paused: str | None = None
+    """Why the worker is paused (a Redis fault), ``None`` while it serves."""
+    retiring: bool = False
+    recycle_reason: str | None = None
+    crashes_in_a_row: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_at is not None
+
+
+@dataclass(frozen=True)
+class WorkerExit:
+    """How a worker process ended."""
+
+    status: int | None
+    served: float | None
+    """Seconds between READY and the exit; ``None``: it never reported READY."""
+    late: bool = False
+    """It did not report READY within ``supervisor.ready_timeout_seconds`` (and was killed)."""
+
+    @property
+    def reason(self) -> str:
+        what = describe_status(self.status)
+        if self.late:
+            return f"did not report READY in time ({what})"
+        if self.served is None:
+            return f"{what} before READY"
+        return what
+
+
+def describe_status(status: int | None) -> str:
+    """``exit status 3``, ``killed by SIGKILL``…"""
+    if status is None:
+        return "no exit status"
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exit status {status}"
+
+
+def send_signal(process: Process | None, signum: int) -> None:
+    """Signal *process* if it still runs (by pid: see the module's docstring)."""
+    if process is not None and process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signum)
+
+
+async def run_worker(
+    slot: Slot,
+    command: list[str],
+    settings_line: bytes,
+    ready_timeout: float,
+    on_ready: Callable[[], None],
+) -> WorkerExit:
+    """Run one worker process in *slot* until it exits; keep the slot's state current."""
+    process = await anyio.open_process(
+        command, stdin=-1, stdout=-1, stderr=None, start_new_session=True
+    )
+    slot.process = process
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            # stdin stays open: it is the liveness pipe the worker watches
+            await process.stdin.send(settings_line + b"\n")
+        lines = BufferedByteReceiveStream(process.stdout)
+        with anyio.move_on_after(ready_timeout) as waiting:
+            while slot.ready_at is None:
+                line = await _read_line(lines)
+                if line is None:
+                    break
+                if line.startswith("READY"):
+                    slot.ready_at = time.monotonic()
+        if slot.ready_at is None:
+            send_signal(process, signal.SIGKILL)
+            return WorkerExit(await process.wait(), None, late=waiting.cancelled_caught)
+        log.info("worker.ready", slot=slot.index, pid=process.pid, consumer=slot.consumer)
+        on_ready()
+        while (line := await _read_line(lines)) is not None:
+            _status_line(slot, line)
+        status = await process.wait()
+        return WorkerExit(status, time.monotonic() - slot.ready_at)
+    finally:
+        with anyio.CancelScope(shield=True):
+            send_signal(process, signal.SIGKILL)
+            await process.wait()
+            slot.ready_at = None
+            slot.paused = None
+            slot.process = None
+            await process.aclose()
+
+
+def _status_line(slot: Slot, line: str) -> None:
+    word, _, rest = line.partition(" ")
+    if word == "RECYCLE":
+        slot.recycle_reason = rest
+    elif word == "PAUSED":
+        if slot.paused is None:
+            log.warning("worker.paused", slot=slot.index, reason=rest)
+        slot.paused = rest or "paused"
+    elif word == "RESUMED":
+        if slot.paused is not None:
+            log.info("worker.resumed", slot=slot.index)
+        slot.paused = None
+
+
+async def _read_line(lines: BufferedByteReceiveStream) -> str | None:
+    try:
+        return (await lines.receive_until(b"\n", 65536)).decode(errors="replace").strip()
+    except (
+        anyio.EndOfStream,
+        anyio.IncompleteRead,
+        anyio.BrokenResourceError,
+        anyio.DelimiterNotFound,  # a line over 64 KiB: the channel is broken
+    ):
+        return None
