@@ -17,6 +17,7 @@ different slots, and one XREAD cannot span slots) reads each wait on its own.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -58,7 +59,8 @@ class _Wait:
         self.position = position
         self.events: list[RunEvent] | None = None  # set when served
         self.more = False  # the batch served was cut at COUNT: more events follow at once
-        self.signal = anyio.Event()  # served, or asked to take the reader's role
+        # set when served, or asked to take the reader's role (made when it first waits)
+        self.signal: anyio.Event | None = None
 
 
 class RunWaiters:
@@ -85,17 +87,17 @@ class RunWaiters:
         position = _position(after)
         if not self._shared or position is None:
             return await self._read_alone(run_id, after, within)
-        deadline = anyio.current_time() + within
+        deadline = time.monotonic() + within  # the event loop's clock
         wait = _Wait(self._keys.run_events(run_id), after, position)
         self._waits[wait] = None
         try:
-            while wait.events is None and anyio.current_time() < deadline:
+            while wait.events is None and time.monotonic() < deadline:
                 if self._reader is None:
                     await self._read(wait, deadline)
                     continue
                 wait.signal = anyio.Event()
                 await self._wake(wait)
-                with anyio.move_on_after(deadline - anyio.current_time()):
+                with anyio.move_on_after(deadline - time.monotonic()):
                     await wait.signal.wait()
         finally:
             del self._waits[wait]
@@ -113,7 +115,7 @@ class RunWaiters:
     def _pass_on(self) -> None:
         """Hand the reader's role to the first task still waiting (it reads when it runs)."""
         for wait in self._waits:
-            if wait.events is None:
+            if wait.events is None and wait.signal is not None:
                 wait.signal.set()
                 return
 
@@ -122,7 +124,7 @@ class RunWaiters:
         self._reader = me
         try:
             while True:
-                left = deadline - anyio.current_time()
+                left = deadline - time.monotonic()
                 if left <= 0:
                     return
                 await self._read_once(max(1, min(BLOCK_MS, int(left * 1000))))
@@ -175,7 +177,8 @@ class RunWaiters:
                 events = [e for e in events if (_position(e.id or "") or (0, 0)) > wait.position]
             if events:
                 wait.events, wait.more = events, cut
-                wait.signal.set()
+                if wait.signal is not None:
+                    wait.signal.set()
 
     async def _wake(self, wait: _Wait) -> None:
         """Make a blocked read that does not cover *wait* return now (once per read)."""

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -276,7 +277,7 @@ async def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
     await conn.send_packed_command(packed)
     replies: list[Any] = []
     try:
-        with anyio.fail_after(conn.socket_timeout):
+        async with asyncio.timeout(conn.socket_timeout):
             for _ in range(count):
                 try:
                     reply = await conn.read_response(disable_decoding=True, timeout=math.inf)
