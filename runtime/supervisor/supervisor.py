@@ -278,6 +278,8 @@ class Supervisor:
         failing = False
         while True:
             await anyio.sleep(sup.scale_interval_seconds)
+            if self._stopping.is_set():
+                return  # a slot added now would end at once, and be added again
             try:
                 self.backlog = await _backlog(client, keys, self._targets)
             except RedisError as exc:
