@@ -113,3 +113,19 @@ async def test_a_worker_with_a_blocked_event_loop_exits_when_its_supervisor_is_k
         return not any(alive(pid) for pid in orphans)
 
     await wait_until(gone, limit=10, what="the worker to exit")
+
+
+async def test_sighup_the_parent_death_signal_stops_a_worker_as_an_orphan(
+    runs: list[Running], redis_url: str, key_prefix: str
+) -> None:
+    """SIGHUP (what Linux sends a worker when its supervisor dies, should the liveness pipe
+    not close) takes the orphan's way out: stop at once, release, exit."""
+    sets = [*FAST, "worker.shutdown_grace_seconds=60"]
+    run = supervise(runs, redis_url, key_prefix, "-w", "1", sets=sets, app=APP)
+    await run.wait_for(r"worker\.ready slot=")
+    [pid] = run.workers()
+    os.kill(pid, signal.SIGHUP)
+    await run.wait_for("worker.orphaned")
+    await run.wait_for("worker.crashed")  # its supervisor, alive after all, starts another
+    await run.wait_for(r"worker\.ready slot=", 2)
+    assert await run.stop() == 0
