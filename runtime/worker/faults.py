@@ -12,7 +12,9 @@ misconfiguration and is raised.
 A worker meeting a fault backs off with jitter and tries again; :class:`Faults` turns the
 failures of its many loops into *episodes*: ``redis.fault`` is logged once when the first
 call fails, ``redis.recovered`` once every failing call has succeeded again, and the worker's
-``on_fault`` callback hears the same (a short reason, then ``None``).
+``on_fault`` callback hears the same (a short reason, then ``None``). Within an episode, a
+fault of another kind (a restarting Redis is first unreachable, then loading) updates the
+reason: ``redis.fault_changed`` is logged and ``on_fault`` hears the new reason.
 """
 
 from __future__ import annotations
@@ -105,10 +107,14 @@ class Faults:
     def failed(self, caller: str, exc: BaseException, kind: str) -> None:
         """*caller*'s call failed with a fault of *kind*."""
         self._failing[caller] = kind
-        if self.reason is not None:
+        if self.reason is None:
+            self.reason = describe(kind)
+            log.warning("redis.fault", kind=kind, caller=caller, error=str(exc), reason=self.reason)
+        elif self.reason != describe(kind):
+            self.reason = describe(kind)
+            log.info("redis.fault_changed", kind=kind, caller=caller, reason=self.reason)
+        else:
             return
-        self.reason = describe(kind)
-        log.warning("redis.fault", kind=kind, caller=caller, error=str(exc), reason=self.reason)
         self._tell(self.reason)
 
     def succeeded(self, caller: str) -> None:

@@ -72,12 +72,24 @@ class Intake:
         self._scripts = Scripts.register(client)
 
     async def ensure_groups(self) -> None:
+        """Create the consumer group of every inbox that lacks one. Looked up first: Redis
+        refuses XGROUP CREATE when out of memory, even for a group that exists."""
         for stream in self._streams.targets:
+            if await self._has_group(stream):
+                continue
             try:
                 await self._client.xgroup_create(stream, self._group, id="0", mkstream=True)
             except redis.exceptions.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+
+    async def _has_group(self, stream: bytes) -> bool:
+        try:
+            groups: Any = await self._client.xinfo_groups(stream)
+        except redis.exceptions.ResponseError:  # no such key
+            return False
+        mine = self._group.encode()
+        return any(_text_bytes(group["name"]) == mine for group in groups)
 
     # --- recovering and reclaiming ----------------------------------------------------------
     async def recover_own(self) -> None:
