@@ -11,6 +11,8 @@ import redis.asyncio
 
 from runtime import App, Keys
 from runtime.app import TaskContext
+from runtime.dlq import DeadLetters
+from runtime.envelope import Envelope, encode_envelope
 from runtime.errors import RetryLater
 from runtime.producer import Producer
 from tests.conftest import make_settings
@@ -122,6 +124,36 @@ async def test_the_mover_and_retries_use_redis_clock_whatever_the_worker_clock(
     [(_, run_at_ms)] = await core.zrange(keys.delayed("later"), 0, -1, withscores=True)
     # the retry runs 30 s after it failed, by Redis's clock
     assert (failed_at + 30.0) * 1000 - 1 <= run_at_ms <= (after + 30.0) * 1000
+
+
+@pytest.mark.parametrize("offset", [60.0, -60.0])
+async def test_a_deadline_is_compared_with_redis_clock_whatever_the_worker_clock(
+    core: redis.asyncio.Redis,
+    core_url: str,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+    offset: float,
+) -> None:
+    """Deadlines 30 s ahead and 30 s past by Redis's clock: the first runs, the second is
+    dead-lettered as expired, on a worker whose clock is a minute off either way."""
+    settings = make_settings(core_url, keys.prefix)
+    producer = Producer(core, keys=keys, settings=settings)
+    now = await _redis_now(core)
+    ahead = await producer.enqueue("stamp", 1, deadline=now + 30)
+    past = Envelope(id="past", target="stamp", deadline=now - 30)
+    await core.xadd(keys.inbox("stamp"), {"envelope": encode_envelope(past)})
+    _skew(monkeypatch, WORKER_MODULES, offset)
+    letters = DeadLetters(core, keys=keys)
+    async with running_worker(settings, core, serving=app):
+        await wait_until(lambda: _ran(core, keys), what="the run before its deadline")
+        await wait_until(lambda: _dead(letters), what="the expired entry")
+    [letter] = await letters.read("stamp")
+    assert letter.reason == "expired" and letter.task_id == "past"
+    assert ahead.task_id != letter.task_id
+
+
+async def _dead(letters: DeadLetters) -> bool:
+    return await letters.size("stamp") >= 1
 
 
 async def _scheduled(client: redis.asyncio.Redis, keys: Keys) -> bool:

@@ -192,6 +192,7 @@ class Worker:
         while True:
             try:
                 await self._intake.ensure_groups()
+                await self._intake.sync_clock()
             except redis.exceptions.RedisError as exc:
                 kind = classify(exc)
                 if kind in (None, UNREACHABLE) or self._stopping.is_set():
@@ -245,8 +246,12 @@ class Worker:
 
     # --- handling -----------------------------------------------------------------------
     async def _handler_loop(self) -> None:
+        slots, stopping = self._slots, self._stopping
         while True:
-            entry = await self._slots.next(self._stopping)
+            entry = slots.take(stopping)
+            if entry is None:  # the hot path takes no await here
+                await slots.wait_ready()
+                continue
             try:
                 await self._handle(entry)
             except Exception:
@@ -254,7 +259,7 @@ class Worker:
                 # renewed, is reclaimed after one lease.
                 log.exception("entry.unsettled", entry=entry.entry_id.decode())
             # a cancellation (shutdown) skips this: the entry stays in flight to be released
-            self._slots.done(entry)
+            slots.done(entry)
 
     async def _handle(self, entry: Entry) -> None:
         max_deliveries = self._cfg.max_deliveries
@@ -298,16 +303,21 @@ class Worker:
         target = self._targets[entry.stream]
         if envelope.target != target:
             return Reason.UNKNOWN_TARGET, f"target {envelope.target!r} in the inbox of {target!r}"
-        if envelope.deadline is not None and time.time() > envelope.deadline:
+        if envelope.deadline is not None and self._now() > envelope.deadline:
             return Reason.EXPIRED, "its deadline passed before it ran"
         return None
+
+    def _now(self) -> float:
+        """Unix time by Redis's clock (as last seen, no round trip): a deadline is compared
+        with it, so every worker agrees whatever its own clock says."""
+        return time.time() + self._intake.clock_offset
 
     async def _run(
         self, entry: Entry, envelope: Envelope, handler: Handler, payload: Any, tries: int
     ) -> None:
         timeout = handler.timeout or self._cfg.task_timeout_seconds
         if envelope.deadline is not None:
-            timeout = min(timeout, max(0.0, envelope.deadline - time.time()))
+            timeout = min(timeout, max(0.0, envelope.deadline - self._now()))
         self.stats.handled += 1
         try:
             ctx = self._context(entry, envelope)

@@ -2,11 +2,13 @@
 own, moving due delayed entries into the inboxes, and removing dead consumers.
 
 Every path admits through :class:`~runtime.worker.slots.Slots`, which never admits an entry
-already in flight here. Times that cross processes (when a delayed entry is due) are Redis's.
+already in flight here. Times that cross processes (when a delayed entry is due, whether a
+deadline passed) are Redis's.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +72,9 @@ class Intake:
         self._stats = stats
         self._renew_if_late = renew_if_late
         self._scripts = Scripts.register(client)
+        self.clock_offset = 0.0
+        """Redis's clock less this host's (seconds), as the mover last saw it (about once a
+        second): deadlines are compared with ``time.time() + clock_offset``."""
 
     async def ensure_groups(self) -> None:
         """Create the consumer group of every inbox that lacks one. Looked up first: Redis
@@ -82,6 +87,11 @@ class Intake:
             except redis.exceptions.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+
+    async def sync_clock(self) -> None:
+        """Measure :attr:`clock_offset` (the mover keeps it up to date afterwards)."""
+        seconds, micros = await self._client.time()
+        self.clock_offset = seconds + micros / 1e6 - time.time()
 
     async def _has_group(self, stream: bytes) -> bool:
         try:
@@ -243,6 +253,7 @@ class Intake:
             moved, next_score, now_ms = await self._scripts.move_due(
                 keys=[self._keys.delayed(target), stream], args=[_MOVE_LIMIT]
             )
+            self.clock_offset = int(now_ms) / 1000 - time.time()
             if moved >= _MOVE_LIMIT:
                 soonest = 0.0
             elif next_score is not None:

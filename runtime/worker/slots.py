@@ -62,14 +62,19 @@ class Slots:
             self._idle.popleft().set()
         return True
 
-    async def next(self, stopping: anyio.Event) -> Entry:
-        """The next entry to start (waits for one; none once *stopping* is set: an entry not
-        started before shutdown stays in flight and is released with the rest)."""
-        while not self._queue or stopping.is_set():
-            wake = anyio.Event()
-            self._idle.append(wake)
-            await wake.wait()
-        return self._queue.popleft()
+    def take(self, stopping: anyio.Event) -> Entry | None:
+        """The next entry to start, or ``None`` (then :meth:`wait_ready`); none once
+        *stopping* is set: an entry not started before shutdown stays in flight and is
+        released with the rest."""
+        if self._queue and not stopping.is_set():
+            return self._queue.popleft()
+        return None
+
+    async def wait_ready(self) -> None:
+        """Wait until an entry is admitted (one waiting loop is woken per entry)."""
+        wake = anyio.Event()
+        self._idle.append(wake)
+        await wake.wait()
 
     def done(self, entry: Entry) -> None:
         """*entry* is settled (or given up, or its ack is queued): its slot is free."""
