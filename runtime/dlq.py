@@ -7,10 +7,16 @@
 
 A replay puts the envelope back with its attempt count reset, so it gets every try again;
 moving one letter is atomic (it is deleted from the dead-letter stream as it is re-enqueued).
+The envelope put back carries the header ``aw-replay: <letter id>`` (:data:`REPLAY_HEADER`),
+so what a handler keeps of its own (an agent run's record, which says ``failed`` already) can
+tell a replayed entry from a redelivered one. ``replay(..., after_move=…)`` calls back a
+layer above for each letter moved (``agents-worker dlq replay`` puts agent runs back to
+``queued`` that way); the entry may be taken by a worker before or after the callback runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +28,17 @@ from runtime.keys import Keys
 from runtime.redis.connection import translate_errors
 from runtime.scripts import Scripts
 
-__all__ = ["DeadLetter", "DeadLetters", "Replayed"]
+__all__ = ["REPLAY_HEADER", "AfterMove", "DeadLetter", "DeadLetters", "Replayed"]
+
+REPLAY_HEADER = "aw-replay"
+"""The envelope header a replayed entry carries: the id of the dead letter it came from."""
+
+AfterMove = Callable[[Envelope], Awaitable[object]]
+"""Called with the envelope put back, once its letter moved into the inbox."""
 
 _RECORD_FIELDS = (
-    "reason", "error", "target", "task_id", "entry_id", "deliveries", "attempts", "consumer",
-    "failed_at",
+    "reason", "detail", "error", "target", "task_id", "entry_id", "deliveries", "attempts",
+    "consumer", "failed_at",
 )  # fmt: skip
 
 
@@ -48,6 +60,9 @@ class DeadLetter:
     """The original envelope JSON, when the entry had one."""
     extra: dict[str, str] = field(default_factory=dict)
     """Other fields of the original entry (for malformed entries)."""
+    detail: str = ""
+    """What went wrong, for a person to read (``reason`` is a short code, e.g.
+    ``max_deliveries``); empty in letters written before the field existed."""
 
     @classmethod
     def parse(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> DeadLetter:
@@ -74,6 +89,7 @@ class DeadLetter:
             failed_at=float(get("failed_at") or 0),
             envelope=fields.get(ENVELOPE_FIELD),
             extra=extra,
+            detail=get("detail"),
         )
 
 
@@ -83,6 +99,8 @@ class Replayed:
 
     moved: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    warnings: dict[str, str] = field(default_factory=dict)
+    """Letters that moved but whose ``after_move`` callback failed (id → error)."""
 
 
 class DeadLetters:
@@ -109,8 +127,11 @@ class DeadLetters:
             rows: Any = await self._client.xrange(self._keys.dlq(target), letter_id, letter_id)
         return DeadLetter.parse(*rows[0]) if rows else None
 
-    async def replay(self, target: str, ids: list[str] | None = None) -> Replayed:
-        """Move letters (all when *ids* is ``None``) back into the inbox of *target*."""
+    async def replay(
+        self, target: str, ids: list[str] | None = None, *, after_move: AfterMove | None = None
+    ) -> Replayed:
+        """Move letters (all when *ids* is ``None``) back into the inbox of *target*, each
+        marked with :data:`REPLAY_HEADER`; *after_move* is called for each letter moved."""
         result = Replayed()
         letters = await self._select(target, ids, result)
         for letter in letters:
@@ -122,7 +143,8 @@ class DeadLetters:
             except MalformedEntry as exc:
                 result.skipped[letter.id] = f"cannot replay: {exc.reason}"
                 continue
-            fresh = msgspec.structs.replace(envelope, attempt=0)
+            headers = {**envelope.headers, REPLAY_HEADER: letter.id}
+            fresh = msgspec.structs.replace(envelope, attempt=0, headers=headers)
             with translate_errors("replay a dead letter"):
                 new_id = await self._scripts.replay(
                     keys=[self._keys.dlq(target), self._keys.inbox(target)],
@@ -130,8 +152,13 @@ class DeadLetters:
                 )
             if new_id is None:
                 result.skipped[letter.id] = "already replayed or purged"
-            else:
-                result.moved[letter.id] = new_id.decode() if isinstance(new_id, bytes) else new_id
+                continue
+            result.moved[letter.id] = new_id.decode() if isinstance(new_id, bytes) else new_id
+            if after_move is not None:
+                try:
+                    await after_move(fresh)
+                except Exception as exc:  # moved: the worker that takes it sees the marker
+                    result.warnings[letter.id] = str(exc)
         return result
 
     async def purge(self, target: str, ids: list[str] | None = None) -> int:

@@ -51,9 +51,10 @@ async def test_enqueue_status_and_dead_letters(
 
     listed = json.loads(run_cli(*cli_args, "dlq", "list", "fatal", "--json").stdout)
     [letter] = listed
-    assert letter["task_id"] == task_id and letter["reason"] == "permanent failure"
+    assert letter["task_id"] == task_id and letter["reason"] == "permanent"
+    assert letter["detail"] == "the handler raised PermanentError"
     assert letter["envelope"]["payload"] == {"order": 17}
-    assert "permanent failure" in run_cli(*cli_args, "dlq", "list", "fatal").stdout
+    assert "permanent" in run_cli(*cli_args, "dlq", "list", "fatal").stdout
     sizes = json.loads(run_cli(*cli_args, "dlq", "list", "--json").stdout)
     assert sizes["fatal"] == 1 and sizes["echo"] == 0
 
@@ -131,3 +132,45 @@ async def test_submit_follows_a_run_to_its_result(
     assert doc["status"] == "completed" and doc["agent"] == "triage"
     bad = run_cli(*cli_args, "submit", "triage", "x", "--context", "[1]")
     assert bad.returncode == 2 and "--context must be a JSON object" in bad.stderr
+
+
+async def test_dlq_list_and_show_print_a_letters_detail(
+    cli_args: list[str], client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    """A letter's reason is a short code and its detail a sentence: both are shown."""
+    envelope = json.dumps({"v": 1, "id": "t-9", "target": "fatal", "payload": 1})
+    letter_id = await client.xadd(
+        keys.dlq("fatal"),
+        {
+            "reason": "max_deliveries",
+            "detail": "delivered 6 times without an outcome",
+            "error": "the worker running it died or hung",
+            "task_id": "t-9",
+            "envelope": envelope,
+        },
+    )
+    [letter] = await DeadLetters(client, keys=keys).read("fatal")
+    assert letter.reason == "max_deliveries"
+    assert letter.detail == "delivered 6 times without an outcome"
+    listed = json.loads(run_cli(*cli_args, "dlq", "list", "fatal", "--json").stdout)
+    assert [(x["reason"], x["detail"]) for x in listed] == [
+        ("max_deliveries", "delivered 6 times without an outcome")
+    ]
+    assert "detail" not in listed[0]["fields"]
+    table = run_cli(*cli_args, "dlq", "list", "fatal", "--limit", "5").stdout
+    assert "max_deliveries" in table and "delivered" in table  # (rich may wrap the rest)
+    shown = json.loads(run_cli(*cli_args, "dlq", "show", "fatal", letter_id.decode()).stdout)
+    assert shown["detail"] == "delivered 6 times without an outcome"
+
+
+async def test_submit_with_a_run_id_of_ones_own_can_be_sent_again(
+    cli_args: list[str], client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    """The shell's retry recipe: the same command again is the same run, enqueued once."""
+    first = run_cli(*cli_args, "submit", "triage", "hello", "--session", "k", "--run-id", "own-1")
+    again = run_cli(*cli_args, "submit", "triage", "hello", "--session", "k", "--run-id", "own-1")
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    assert first.stdout.strip() == again.stdout.strip() == "own-1"
+    other = run_cli(*cli_args, "submit", "triage", "other", "--run-id", "own-1")
+    assert other.returncode == 1 and "exists already" in other.stderr
+    assert await client.xlen(keys.inbox("triage")) == 1

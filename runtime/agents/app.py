@@ -148,12 +148,13 @@ class AgentApp(App):
         except msgspec.ValidationError:
             return
         runs = RunStore(info.redis, info.keys, info.settings.runs)
+        what = info.detail or info.reason  # e.g. "failed 5 times (worker.max_deliveries = 5)"
         result = RunResult(
             run_id=request.run_id,
             status="failed",
             agent=request.agent,
             session_id=request.session_id,
-            error=f"{info.reason}: {info.error}" if info.error else info.reason,
+            error=f"{what}: {info.error}" if info.error else what,
             error_type="DeadLettered",
             submitted_at=request.submitted_at,
         )

@@ -3,7 +3,9 @@
 A run request is the payload of a work envelope on the agent's inbox. The run's record
 (``<prefix>:{run:<id>}``, a hash) holds its status and result; its event stream
 (``<prefix>:{run:<id>}:events``) holds what happened, in order, ending with exactly one terminal
-event: ``run.completed``, ``run.failed`` or ``run.cancelled``.
+event: ``run.completed``, ``run.failed`` or ``run.cancelled`` — unless the run was
+dead-lettered and replayed: a ``run.requeued`` event then follows that terminal event, and the
+events of the new attempt follow it, up to the terminal event that is the run's outcome.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 __all__ = [
+    "REQUEUED",
     "TERMINAL",
     "HandoffInfo",
     "RunEvent",
@@ -24,6 +27,9 @@ __all__ = [
 RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"run.completed", "run.failed", "run.cancelled"})
 TERMINAL_STATUS: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+REQUEUED = "run.requeued"
+"""The event appended when a dead-lettered run is replayed: the terminal event before it is
+not the run's outcome any more; the new attempt's events follow."""
 
 
 class HandoffInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,7 +65,8 @@ class RunEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     type: str
     """``run.started``, ``agent.updated``, ``message.delta``, ``message``, ``tool.called``,
-    ``tool.output``, ``handoff``, ``run.retrying``, or a terminal ``run.*`` event."""
+    ``tool.output``, ``handoff``, ``run.retrying``, ``run.requeued``, or a terminal ``run.*``
+    event."""
     data: dict[str, Any] = msgspec.field(default_factory=dict)
     at: float = 0.0
     id: str | None = None

@@ -1,13 +1,24 @@
 """Run records and run event streams in Redis.
 
 ``<prefix>:{run:<id>}`` (hash) and ``<prefix>:{run:<id>}:events`` (stream) share a hash tag: the
-final write of a run (record + terminal event) is one MULTI, so a reader never sees a terminal
+final write of a run (record + terminal event) is one script, so a reader never sees a terminal
 event without the result, or the reverse. Both expire ``runs.result_ttl_seconds`` after the last
 write; the event stream is trimmed to about ``runs.events_maxlen``.
+
+Every write a worker makes for a run is safe to send twice (see :mod:`runtime.agents.resend`):
+the scripts are fenced by the attempt's token (the record's ``attempt`` field, and the
+``written`` mark of the last events written), so a write whose reply was lost and that is
+sent again changes nothing, and an attempt is counted once.
+
+A submit with a run id of the app's own is idempotent step by step (see :meth:`RunStore.submit`);
+a replayed dead letter puts its run back to ``queued`` once per replay (:meth:`RunStore.requeue`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,7 +26,10 @@ from typing import Any
 import msgspec
 import redis.asyncio
 
-from runtime.agents.protocol import TERMINAL_STATUS, RunEvent, RunRequest, RunResult
+from runtime.agents.protocol import REQUEUED, TERMINAL_STATUS, RunEvent, RunRequest, RunResult
+from runtime.agents.resend import send_resending_safe
+from runtime.dlq import REPLAY_HEADER
+from runtime.envelope import Envelope
 from runtime.keys import Keys
 from runtime.redis.connection import (
     Batch,
@@ -26,7 +40,7 @@ from runtime.redis.connection import (
 )
 from runtime.settings.model import RunSettings
 
-__all__ = ["Also", "RunStore"]
+__all__ = ["Also", "RunStore", "requeue_for_replay"]
 
 Also = Callable[[Any], None] | None
 """Queues commands on a pipeline (other keys, same round trip), e.g. a coordination event."""
@@ -37,41 +51,98 @@ _TERMINAL = frozenset(status.encode() for status in TERMINAL_STATUS)
 _COUNT = 500  # events per read
 _PEEKED = ["status", "cancel_requested"]
 
-# KEYS: record. ARGV: ttl, field, value, … → 1 when created, 0 when the record existed.
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
+# KEYS: record. ARGV: ttl, fingerprint, field, value, … → 1: go on (the record was created
+# now, or by an earlier try of this submit that did not complete), 2: this very submit went
+# through before (same fingerprint), 0: another run has this id.
+_SUBMIT_RECORD = """
+local read = redis.call('HMGET', KEYS[1], 'enqueued', 'fingerprint')
+if read[1] then
+  if read[2] == ARGV[2] then return 2 end
+  return 0
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], unpack(ARGV, 3))
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
 return 1
 """
 
-# KEYS: record. ARGV: ttl, field, value, … (status 'running', worker, started_at, …)
-# → 'done' (already over), 'cancel' (a cancel was asked for) or 'ok' (marked running).
-_BEGIN = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'completed' or status == 'failed' or status == 'cancelled' then return 'done' end
-if redis.call('HEXISTS', KEYS[1], 'cancel_requested') == 1 then return 'cancel' end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 'ok'
+# KEYS: guard (in the inbox's slot), inbox. ARGV: envelope, ttl → the entry id: the one added
+# now, or the one an earlier try of the submit added.
+_ENQUEUE_RUN = """
+local id = redis.call('GET', KEYS[1])
+if id then return id end
+id = redis.call('XADD', KEYS[2], '*', 'envelope', ARGV[1])
+redis.call('SET', KEYS[1], id, 'EX', ARGV[2])
+return id
 """
 
-# KEYS: record, events. ARGV: ttl, maxlen, count the attempt (1/0: it was never marked running),
+# KEYS: record, events. ARGV: ttl, maxlen, mark (the attempt's token:the write's number), the
+# attempt's token, number of field/value pairs n that mark the run running (0: not this
+# time), the n pairs, then the events. → 'again' (this write was made already: nothing done),
+# 'done' (over already), 'cancel' (a cancel was asked for) or 'ok' (marked running when asked;
+# the attempt is counted once, whatever the number of writes that ask).
+_EMIT = """
+if redis.call('HGET', KEYS[1], 'written') == ARGV[3] then return 'again' end
+local n = tonumber(ARGV[5])
+local state = 'ok'
+if n > 0 then
+  local read = redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'attempt')
+  if read[1] == 'completed' or read[1] == 'failed' or read[1] == 'cancelled' then
+    state = 'done'
+  elseif read[2] then
+    state = 'cancel'
+  elseif read[3] ~= ARGV[4] then
+    redis.call('HSET', KEYS[1], 'attempt', ARGV[4], unpack(ARGV, 6, 5 + 2 * n))
+    redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  end
+end
+for i = 6 + 2 * n, #ARGV do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[i])
+end
+redis.call('HSET', KEYS[1], 'written', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return state
+"""
+
+# KEYS: record, events. ARGV: ttl, maxlen, count the attempt (1/0), this attempt's token,
 # number of field/value pairs n, the n pairs, then the events to append (the terminal one
-# last). → 1, or 0 when the run had ended already (another attempt's result stands).
+# last). An attempt is counted once (not when its token marked the run running already).
+# → 1 (stored now, or by this attempt before: a write sent again), or 0 when the run had
+# ended already (another attempt's result stands).
 _FINISH = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'completed' or status == 'failed' or status == 'cancelled' then return 0 end
-if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-local n = tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + 2 * n))
-for i = 5 + 2 * n, #ARGV do
+local read = redis.call('HMGET', KEYS[1], 'status', 'attempt')
+local status = read[1]
+if status == 'completed' or status == 'failed' or status == 'cancelled' then
+  if read[2] == ARGV[4] then return 1 end
+  return 0
+end
+if ARGV[3] == '1' and read[2] ~= ARGV[4] then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+local n = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'attempt', ARGV[4], unpack(ARGV, 6, 5 + 2 * n))
+for i = 6 + 2 * n, #ARGV do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[i])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 return 1
+"""
+
+# KEYS: record, events. ARGV: ttl, maxlen, replay marker, the run.requeued event, then field,
+# value, … (what the record says of the run). Puts a replayed run back to 'queued', once per
+# marker. → {1, 'queued'} when done now, {0, status} when this replay was seen before.
+_REQUEUE = """
+local read = redis.call('HMGET', KEYS[1], 'status', 'replay')
+if read[2] == ARGV[3] then return {0, read[1] or ''} end
+redis.call('HDEL', KEYS[1], 'final_output', 'last_agent', 'usage', 'error', 'error_type',
+           'worker', 'started_at', 'finished_at', 'cancel_requested', 'attempt')
+redis.call('HSET', KEYS[1], 'status', 'queued', 'replay', ARGV[3], 'enqueued', '1',
+           unpack(ARGV, 5))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return {1, 'queued'}
 """
 
 # KEYS: record. → 1 when a cancel was recorded, 0 when the run is unknown or already over.
@@ -97,10 +168,14 @@ class RunStore:
         self._client = client
         self._keys = keys
         self._ttl = settings.result_ttl_seconds
+        # the guard of a submit outlives the record's first TTL by a run's time limit
+        self._guard_ttl = self._ttl + math.ceil(settings.timeout_seconds)
         self._maxlen = settings.events_maxlen
-        self._create = client.register_script(_CREATE)
-        self._begin = client.register_script(_BEGIN)
+        self._submit_record = client.register_script(_SUBMIT_RECORD)
+        self._enqueue_run = client.register_script(_ENQUEUE_RUN)
+        self._emit = client.register_script(_EMIT)
         self._finish = client.register_script(_FINISH)
+        self._requeue = client.register_script(_REQUEUE)
         self._cancel = client.register_script(_CANCEL)
 
     # --- records ------------------------------------------------------------------------
@@ -120,34 +195,42 @@ class RunStore:
         work entry, then the ``enqueued`` mark, so a run whose record says ``queued`` without
         the mark was never enqueued. Returns the entry id and, with *wait_ms*, the run's first
         events (read in the same round trip, waiting up to *wait_ms* for one; keep it under
-        the client's socket timeout), or ``None`` when a run with this id exists already
-        (nothing is enqueued then). With *fresh_id* (128 random bits made for this run) there
-        is no existence check; without, it takes a round trip of its own.
+        the client's socket timeout), or ``None`` when another run has this id (nothing is
+        enqueued then).
+
+        With *fresh_id* (128 random bits made for this run) the record and the entry are
+        written as they are. Without, every step is idempotent by run id, so a submit cut off
+        anywhere and sent again completes it, and the run is enqueued once: the record is
+        created unless it exists, the entry is added through a guard in the inbox's slot
+        (``Keys.run_submitted``), and a submit that went through before is recognised (same
+        agent, input, session and options) and returns the entry it added. *also* must be
+        idempotent too (:meth:`SessionTurns.assign` is).
         """
-        fields: dict[str, Any] = {
-            "status": "queued",
-            "agent": request.agent,
-            "session_id": request.session_id or "",
-            "submitted_at": request.submitted_at,
-        }
-        items = [part for pair in fields.items() for part in pair]
+        batch = Batch()
+        if also is not None:
+            also(batch)
         record = self._keys.run(request.run_id)
-        with translate_errors("submit a run"):
-            if not fresh_id and not await self._create(keys=[record], args=[self._ttl, *items]):
-                return None
-            batch = Batch()
-            if also is not None:
-                also(batch)
-            if fresh_id:  # a new random id cannot exist: no check, no script
-                batch.hset(record, items=items)
-                batch.expire(record, self._ttl)
+        items: list[Any] = ["status", "queued", "agent", request.agent]
+        items += ["session_id", request.session_id or "", "submitted_at", request.submitted_at]
+        if fresh_id:  # a new random id cannot exist: no check, no script
+            batch.hset(record, items=items)
+            batch.expire(record, self._ttl)
             batch.xadd(inbox, {"envelope": envelope})
-            batch.hset(record, "enqueued", 1)
-            if wait_ms is not None:
-                self._read(batch, request.run_id, "0-0", block_ms=wait_ms, count=_COUNT)
+        else:
+            args = [self._ttl, _fingerprint(request), *items]
+            queue_script(batch, self._submit_record, [record], args)
+            guard = self._keys.run_submitted(request.agent, request.run_id)
+            keys = [guard, inbox]
+            queue_script(batch, self._enqueue_run, keys, [envelope, self._guard_ttl])
+        batch.hset(record, "enqueued", 1)
+        if wait_ms is not None:
+            self._read(batch, request.run_id, "0-0", block_ms=wait_ms, count=_COUNT)
+        with translate_errors("submit a run"):
             replies = await run_batch(self._client, batch)
             first_error(replies)
         events = _events(replies.pop()) if wait_ms is not None else []
+        if not fresh_id and not replies[-3]:
+            return None
         entry_id = replies[-2]
         return (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)), events
 
@@ -170,14 +253,21 @@ class RunStore:
             reply: Any = await self._client.hmget(self._keys.run(run_id), _PEEKED)
         return self.peeked(reply)
 
-    def begin(self, pipe: Any, request: RunRequest, worker: str, started_at: float) -> None:
-        """Queue the mark that the run is running (status, worker, start time, one more
-        attempt) unless it is over or a cancel was asked for."""
-        args: list[Any] = [self._ttl]
-        args += ["status", "running", "worker", worker, "started_at", started_at]
+    async def requeue(self, request: RunRequest, marker: str) -> str:
+        """Put a replayed run back to ``queued`` (its result cleared, a ``run.requeued``
+        event after its terminal one), once per replay *marker*; the run's status after.
+
+        Both the replay command and the worker that takes the replayed entry call this, in
+        either order: the second finds the marker and changes nothing.
+        """
+        event = RunEvent(type=REQUEUED, data={"replay": marker}, at=time.time())
+        args: list[Any] = [self._ttl, self._maxlen, marker, _encode(event)]
         args += ["agent", request.agent, "session_id", request.session_id or ""]
-        args += ["submitted_at", request.submitted_at or started_at]
-        queue_script(pipe, self._begin, [self._keys.run(request.run_id)], args)
+        args += ["submitted_at", request.submitted_at]
+        keys = [self._keys.run(request.run_id), self._keys.run_events(request.run_id)]
+        with translate_errors("requeue a replayed run"):
+            _, status = await self._requeue(keys=keys, args=args)
+        return status.decode() if isinstance(status, bytes) else str(status)
 
     async def get(self, run_id: str) -> RunResult | None:
         """The run's record, or ``None`` when unknown (or expired)."""
@@ -215,20 +305,47 @@ class RunStore:
             return bool(await self._client.hexists(self._keys.run(run_id), "cancel_requested"))
 
     # --- events ------------------------------------------------------------------------
-    def emit(self, pipe: Any, run_id: str, events: Sequence[RunEvent]) -> None:
-        """Queue the append of *events*, in order."""
-        key = self._keys.run_events(run_id)
-        for event in events:
-            pipe.xadd(key, {"event": _encode(event)}, maxlen=self._maxlen, approximate=True)
-        pipe.expire(key, self._ttl)
+    def emit(
+        self,
+        pipe: Any,
+        request: RunRequest,
+        events: Sequence[RunEvent],
+        *,
+        token: str,
+        mark: str,
+        worker: str | None = None,
+        started_at: float = 0.0,
+    ) -> None:
+        """Queue the append of *events*, in order, in a script that does it once per *mark*
+        (*token*, the attempt's, and the write's number: a write sent again adds nothing).
+
+        With *worker*, the run is marked running too (status, worker, start time, one more
+        attempt: once per *token*) unless it is over or a cancel was asked for.
+        """
+        args: list[Any] = [self._ttl, self._maxlen, f"{token}:{mark}", token]
+        if worker is None:
+            args.append(0)
+        else:
+            args += [6, "status", "running", "worker", worker, "started_at", started_at]
+            args += ["agent", request.agent, "session_id", request.session_id or ""]
+            args += ["submitted_at", request.submitted_at or started_at]
+        args += [_encode(event) for event in events]
+        keys = [self._keys.run(request.run_id), self._keys.run_events(request.run_id)]
+        queue_script(pipe, self._emit, keys, args)
 
     async def write(self, fill: Callable[[Any], None]) -> list[Any]:
         """Run the commands *fill* queues in one round trip; their replies, errors included
-        (a failed command does not stop the others)."""
+        (a failed command does not stop the others).
+
+        After a connection error or a timeout the write is sent again as the client's retry
+        policy says, without the commands that must not run twice (XADDs of coordination
+        events: their replies then say they were not sent again); the run's own scripts
+        are fenced by the attempt's token and are sent again.
+        """
+        batch = Batch()
+        fill(batch)
         with translate_errors("write a run"):
-            batch = Batch()
-            fill(batch)
-            return await run_batch(self._client, batch, resend=True)
+            return await send_resending_safe(self._client, batch)
 
     def finish(
         self,
@@ -237,10 +354,13 @@ class RunStore:
         events: Sequence[RunEvent] = (),
         *,
         count_attempt: bool = False,
+        token: str | None = None,
     ) -> None:
         """Queue the append of *events* and the terminal event (which carries the result)
         and the store of the result, in one script; it writes nothing when the run ended
-        already. With *count_attempt* the attempt is counted too (it was never marked running)."""
+        already (and says so, unless this attempt's *token* ended it: a write sent again).
+        With *count_attempt* the attempt is counted too, unless *token* marked the run
+        running already (:meth:`emit`)."""
         event = RunEvent(
             type=f"run.{result.status}", data=msgspec.structs.asdict(result), at=time.time()
         )
@@ -258,7 +378,8 @@ class RunStore:
             "started_at": result.started_at or "",
             "finished_at": result.finished_at or time.time(),
         }
-        args: list[Any] = [self._ttl, self._maxlen, 1 if count_attempt else 0, len(fields)]
+        token = token or os.urandom(8).hex()
+        args: list[Any] = [self._ttl, self._maxlen, 1 if count_attempt else 0, token, len(fields)]
         for name, value in fields.items():
             args += [name, value]
         args += [_encode(earlier) for earlier in events]
@@ -285,6 +406,36 @@ class RunStore:
         self, batch: Batch, run_id: str, after: str, *, block_ms: int | None, count: int
     ) -> None:
         batch.xread({self._keys.run_events(run_id): after}, count=count, block=block_ms)
+
+
+async def requeue_for_replay(
+    client: redis.asyncio.Redis, keys: Keys, settings: RunSettings, envelope: Envelope
+) -> bool:
+    """Put the run of a replayed dead letter back to ``queued`` (see :meth:`RunStore.requeue`);
+    ``False`` when *envelope* is not an agent run's or carries no replay marker.
+
+    The hook for :meth:`runtime.dlq.DeadLetters.replay`: ``agents-worker dlq replay`` passes
+    it. A replay without it still runs the run again (the worker sees the marker), the
+    record says ``queued`` only once a worker takes the entry.
+    """
+    marker = envelope.headers.get(REPLAY_HEADER)
+    if marker is None:
+        return False
+    try:
+        request = msgspec.convert(envelope.payload, RunRequest)
+    except msgspec.ValidationError:
+        return False  # a plain task's letter
+    if request.agent != envelope.target:
+        return False
+    store = RunStore(client, keys, settings)
+    await store.requeue(request, marker)
+    return True
+
+
+def _fingerprint(request: RunRequest) -> str:
+    """What a submit sent again has in common with the first try (not its time)."""
+    same = msgspec.structs.replace(request, submitted_at=0.0)
+    return hashlib.blake2b(_encode(same), digest_size=12).hexdigest()
 
 
 def _events(reply: Any) -> list[RunEvent]:

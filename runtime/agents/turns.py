@@ -13,6 +13,12 @@ that is due sits unread.
 
 A run that can never come (its record is gone, or it was submitted but never enqueued) would
 block the conversation: such a run is skipped after ``ORPHAN_AFTER`` seconds.
+
+Drawing a number is idempotent by run id (a submit sent again keeps its number), and the end
+of a turn leaves a mark (``ended``: the attempt's token, the number, the reply), so an end
+sent again after its reply was lost answers as the first did and changes nothing. A replayed
+dead letter draws a new number once per replay (:meth:`SessionTurns.reassign`): it joins the
+conversation as its newest turn and gives up the number it held, which the turn passes over.
 """
 
 from __future__ import annotations
@@ -47,10 +53,30 @@ _POLL = 0.02
 _WAIT_WINDOW = 1.0
 _DEFER = 0.1
 
-# KEYS: turns. ARGV: run id, now → seq ("next", the number due, is 1 while unset)
+# KEYS: turns. ARGV: run id, now → seq ("next", the number due, is 1 while unset). Once per
+# run id while its number is in use: a submit sent again keeps the number drawn first.
 _ASSIGN = """
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local seq = redis.call('HGET', KEYS[1], 'id:' .. ARGV[1])
+if seq then return tonumber(seq) end
+seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'run:' .. seq, ARGV[1], 'at:' .. seq, ARGV[2], 'id:' .. ARGV[1], seq)
+return seq
+"""
+
+# KEYS: turns. ARGV: run id, replay marker, now → the replayed run's new number: the next one
+# of the conversation, drawn once per marker; the number it held is given up (the turn moves
+# past it when it is due).
+_REASSIGN = """
+local read = redis.call('HMGET', KEYS[1], 'rp:' .. ARGV[1], 'id:' .. ARGV[1], 'next')
+if read[1] == ARGV[2] and read[2] then return tonumber(read[2]) end
+if read[2] then
+  local old = tonumber(read[2])
+  redis.call('HDEL', KEYS[1], 'run:' .. old, 'at:' .. old)
+  if tonumber(read[3] or '1') == old then redis.call('HSET', KEYS[1], 'next', old + 1) end
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'run:' .. seq, ARGV[1], 'at:' .. seq, ARGV[3], 'id:' .. ARGV[1], seq,
+           'rp:' .. ARGV[1], ARGV[2])
 return seq
 """
 
@@ -82,7 +108,7 @@ _SKIP = """
 if tonumber(redis.call('HGET', KEYS[1], 'next') or '1') == tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'next', ARGV[1] + 1)
   local run = redis.call('HGET', KEYS[1], 'run:' .. ARGV[1])
-  if run then redis.call('HDEL', KEYS[1], 'id:' .. run) end
+  if run then redis.call('HDEL', KEYS[1], 'id:' .. run, 'rp:' .. run) end
   redis.call('HDEL', KEYS[1], 'run:' .. ARGV[1], 'at:' .. ARGV[1])
   return 1
 end
@@ -94,8 +120,14 @@ return 0
 # began (-1: the run changed nothing), how many of them to keep, the items to append…
 # Writes the run's changes and ends the turn, only for the lease holder (or when the lease
 # lapsed and nobody took the conversation since): an attempt that lost the conversation to
-# another changes nothing. → the history's length, -1 (not ours), -2 (a conflicting change)
+# another changes nothing; an end sent again (its reply lost) answers as the first did, from
+# the 'ended' mark. → the history's length, -1 (not ours), -2 (a conflicting change)
 _END = """
+local mark = ARGV[2] .. ' ' .. ARGV[1] .. ' '
+local ended = redis.call('HGET', KEYS[1], 'ended')
+if ended and string.sub(ended, 1, #mark) == mark then
+  return tonumber(string.sub(ended, #mark + 1))
+end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[2] then return -1 end
 local seq = tonumber(ARGV[1])
@@ -129,12 +161,13 @@ end
 if ARGV[3] == '1' then
   if nxt == seq then redis.call('HSET', KEYS[1], 'next', seq + 1) end
   if read[2] then
-    redis.call('HDEL', KEYS[1], 'run:' .. seq, 'at:' .. seq, 'id:' .. read[2])
+    redis.call('HDEL', KEYS[1], 'run:' .. seq, 'at:' .. seq, 'id:' .. read[2], 'rp:' .. read[2])
   else
     redis.call('HDEL', KEYS[1], 'run:' .. seq, 'at:' .. seq)
   end
 end
 if holder then redis.call('DEL', KEYS[2]) end
+redis.call('HSET', KEYS[1], 'ended', mark .. n)
 return n
 """
 
@@ -190,6 +223,7 @@ class SessionTurns:
         self._ttl_ms = round(session_ttl * 1000) if session_ttl else 0
         self.lease_seconds = lease_seconds
         self._assign = client.register_script(_ASSIGN)
+        self._reassign = client.register_script(_REASSIGN)
         self._try = client.register_script(_TRY)
         self._skip = client.register_script(_SKIP)
         self._end = client.register_script(_END)
@@ -197,9 +231,22 @@ class SessionTurns:
 
     def assign(self, pipe: Any, session_id: str, run_id: str) -> None:
         """Queue on *pipe* the draw of the next number of *session_id* for *run_id* (at
-        submit); the worker looks the number up by the run's id."""
+        submit); the worker looks the number up by the run's id. Idempotent: while the run
+        holds a number, drawing again gives it that number."""
         keys, args = [self._keys.session_turns(session_id)], [run_id, time.time()]
         queue_script(pipe, self._assign, keys, args)
+
+    async def reassign(self, session_id: str, run_id: str, marker: str) -> int:
+        """Give a replayed run (*marker*: the replay) the conversation's next number, once
+        per replay, and give up the number it held; the new number.
+
+        A replayed run joins its conversation as its newest turn: the runs submitted before
+        the replay go first, and the turn the run held (if any) is passed over, so it blocks
+        nobody.
+        """
+        keys = [self._keys.session_turns(session_id)]
+        with translate_errors("renumber a replayed run"):
+            return int(await self._reassign(keys=keys, args=[run_id, marker, time.time()]))
 
     async def acquire(
         self,
@@ -253,7 +300,8 @@ class SessionTurns:
                 order = "0"
                 continue
             if state == "wait":
-                why = await self._over(blocker, float(assigned_at), runs)
+                # no run holds the number due (a replayed run gave it up): pass it over
+                why = await self._over(blocker, float(assigned_at), runs) if blocker else "freed"
                 if why is not None:
                     # "finished": its worker is ending the turn right now; "orphaned": it
                     # can never come

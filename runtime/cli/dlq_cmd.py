@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -48,12 +49,15 @@ async def _list(ctx: Context, target: str | None, limit: int, as_json: bool) -> 
         if as_json:
             click.echo(json.dumps([_doc(letter) for letter in rows], indent=2))
             return
-        table = Table("id", "failed at", "reason", "error", "task", "tries", highlight=False)
+        table = Table(
+            "id", "failed at", "reason", "detail", "error", "task", "tries", highlight=False
+        )  # fmt: skip
         for letter in rows:
             table.add_row(
                 letter.id,
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.failed_at)),
                 letter.reason,
+                _short(letter.detail) or "-",
                 _short(letter.error),
                 letter.task_id or "-",
                 str(letter.attempts),
@@ -73,6 +77,7 @@ def _doc(letter: DeadLetter) -> dict[str, object]:
         "id": letter.id,
         "target": letter.target,
         "reason": letter.reason,
+        "detail": letter.detail,
         "error": letter.error,
         "task_id": letter.task_id,
         "entry_id": letter.entry_id,
@@ -118,19 +123,32 @@ async def _show(ctx: Context, target: str, letter_id: str) -> None:
 @click.option("--all", "everything", is_flag=True, help="Replay every letter of TARGET.")
 @pass_context
 def replay(ctx: Context, target: str, letter_ids: tuple[str, ...], everything: bool) -> None:
-    """Put letters back into TARGET's inbox with a fresh attempt count."""
+    """Put letters back into TARGET's inbox with a fresh attempt count.
+
+    An agent run goes again as a new attempt of the same run: its record says queued again
+    and its event stream goes on (a run.requeued event, then the new attempt's events).
+    """
     if not letter_ids and not everything:
         raise click.UsageError("name the letters to replay, or pass --all")
     anyio.run(_replay, ctx, target, None if everything else list(letter_ids))
 
 
 async def _replay(ctx: Context, target: str, ids: list[str] | None) -> None:
+    # imported here: the agents layer loads the Agents SDK, which the other commands need not
+    from runtime.agents.runs import requeue_for_replay
+
     async with existing_redis(ctx) as conn:
         letters = DeadLetters(conn.client, keys=conn.keys)
+        requeue = functools.partial(requeue_for_replay, conn.client, conn.keys, ctx.settings.runs)
         with ctx.errors.status(f"Replaying dead letters of {target!r}…"):
-            result = await letters.replay(target, ids)
+            result = await letters.replay(target, ids, after_move=requeue)
     for letter_id, new_id in result.moved.items():
         ctx.console.print(f"replayed {letter_id} → {new_id}")
+    for letter_id, why in result.warnings.items():
+        ctx.errors.print(
+            f"[yellow]warning[/] {letter_id}: replayed, but its run's record was not reset "
+            f"({why}); the worker that takes it resets it"
+        )
     for letter_id, why in result.skipped.items():
         ctx.errors.print(f"[yellow]skipped[/] {letter_id}: {why}")
     ctx.console.print(f"{len(result.moved)} replayed, {len(result.skipped)} skipped.")

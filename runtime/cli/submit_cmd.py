@@ -18,6 +18,10 @@ __all__ = ["submit"]
 @click.argument("text")
 @click.option("--session", "session_id", help="Conversation id: runs of one session run in order.")
 @click.option("--context", "context_json", help="JSON object handed to the agent's tools.")
+@click.option(
+    "--run-id",
+    help="Your own run id: after a connection error, the same command again runs it once.",
+)
 @click.option("--follow", "-f", is_flag=True, help="Print the run's events until it ends.")
 @click.option("--wait", "wait_s", type=float, default=None, help="Wait this long for the result.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -28,6 +32,7 @@ def submit(
     text: str,
     session_id: str | None,
     context_json: str | None,
+    run_id: str | None,
     follow: bool,
     wait_s: float | None,
     as_json: bool,
@@ -41,7 +46,8 @@ def submit(
             raise click.BadParameter(f"--context is not JSON: {exc}") from None
         if not isinstance(context, dict):
             raise click.BadParameter("--context must be a JSON object")
-    status = anyio.run(_submit, ctx, agent, text, session_id, context, follow, wait_s, as_json)
+    ids = (session_id, run_id)
+    status = anyio.run(_submit, ctx, agent, text, ids, context, follow, wait_s, as_json)
     raise SystemExit(status)
 
 
@@ -49,7 +55,7 @@ async def _submit(
     ctx: Context,
     agent: str,
     text: str,
-    session_id: str | None,
+    ids: tuple[str | None, str | None],
     context: dict[str, object],
     follow: bool,
     wait_s: float | None,
@@ -57,7 +63,10 @@ async def _submit(
 ) -> int:
     async with existing_redis(ctx) as conn:
         client = AgentClient(conn.client, keys=conn.keys, settings=ctx.settings)
-        handle = await client.run(agent, text, session_id=session_id, context=context)
+        session_id, run_id = ids
+        handle = await client.run(
+            agent, text, session_id=session_id, context=context, run_id=run_id
+        )
         if not follow and wait_s is None:
             click.echo(handle.run_id)
             return 0
@@ -92,5 +101,5 @@ def _show(ctx: Context, event: RunEvent) -> None:
         ctx.errors.print(f"  ← {data.get('output')}")
     elif event.type == "handoff":
         ctx.errors.print(f"  handoff {data.get('from')} → {data.get('to')}")
-    elif event.type in ("run.started", "run.retrying"):
+    elif event.type in ("run.started", "run.retrying", "run.requeued"):
         ctx.errors.print(f"  {event.type} {json.dumps(data)}")

@@ -1,0 +1,96 @@
+"""A submit cut off anywhere, then the documented retry (the same ``run_id``): every run
+executes exactly once, and a conversation keeps its submit order (issue 10, item 4)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import redis.asyncio
+
+from runtime import EnqueueError, Keys, RedisConnectionError, Settings
+from runtime.agents import AgentClient, RunHandle
+from runtime.sessions import AgentSession
+from tests.agent_apps import make_app
+from tests.conftest import make_settings
+from tests.helpers import running_worker
+from tests.runs_faults import FaultyProxy
+
+pytestmark = pytest.mark.anyio
+
+SUBMIT_COMMANDS = 4  # the run's number, its record, its work entry (guarded), the enqueued mark
+
+
+@pytest.fixture
+def agent_settings(redis_url: str, keys: Keys) -> Settings:
+    return make_settings(redis_url, keys.prefix, **{"runs.timeout_seconds": "10"})
+
+
+async def submit_with_retry(
+    runs: AgentClient, proxy: FaultyProxy, text: str, run_id: str, cut_after: int
+) -> RunHandle:
+    """Submit with the connection cut after *cut_after* commands ran, then the docs' retry."""
+    proxy.cut(run_id.encode(), after=cut_after)
+    with pytest.raises(RedisConnectionError):
+        await runs.run("triage", text, session_id="conv", run_id=run_id)
+    assert not proxy.armed
+    return await runs.run("triage", text, session_id="conv", run_id=run_id)  # the retry
+
+
+async def test_a_submit_cut_off_at_every_point_then_retried_runs_exactly_once_in_order(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings, redis_url: str
+) -> None:
+    app, model = make_app()
+    async with FaultyProxy(redis_url) as proxy:
+        app_client = redis.asyncio.Redis.from_url(proxy.url)
+        try:
+            runs = AgentClient(app_client, keys=keys, settings=agent_settings)
+            texts, handles = [], []
+            for k in range(SUBMIT_COMMANDS + 1):  # 0: nothing ran … 4: all ran, reply lost
+                text = f"message {k}"
+                texts.append(text)
+                handles.append(await submit_with_retry(runs, proxy, text, f"run-{k}", k))
+            # a run that was submitted in full is recognised, not refused, when sent again
+            again = await runs.run("triage", "message 4", session_id="conv", run_id="run-4")
+            assert again.run_id == "run-4"
+            with pytest.raises(EnqueueError, match="exists already"):  # another run, same id
+                await runs.run("triage", "not the same", session_id="conv", run_id="run-4")
+            assert await client.xlen(keys.inbox("triage")) == len(texts)  # one entry each
+            async with running_worker(agent_settings, client, serving=app):
+                results = [await handle.result(timeout=10) for handle in handles]
+        finally:
+            await app_client.aclose()
+    assert [r.status for r in results] == ["completed"] * len(texts)
+    asked = Counter(call[-1]["content"] for call in model.calls)
+    assert asked == Counter(texts)  # each run executed exactly once
+    history = await AgentSession("conv", client, keys=keys).get_items()
+    said = [item["content"] for item in history if item.get("role") == "user"]
+    assert said == texts  # in submit order
+    for k in range(len(texts)):
+        record = await client.hgetall(keys.run(f"run-{k}"))
+        assert record[b"status"] == b"completed" and record[b"attempts"] == b"1"
+    turns = await client.hgetall(keys.session_turns("conv"))
+    assert int(turns[b"next"]) == len(texts) + 1  # no number left behind to wait for
+
+
+async def test_a_retried_submit_without_a_conversation_runs_once(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings, redis_url: str
+) -> None:
+    app, model = make_app()
+    async with FaultyProxy(redis_url) as proxy:
+        app_client = redis.asyncio.Redis.from_url(proxy.url)
+        try:
+            runs = AgentClient(app_client, keys=keys, settings=agent_settings)
+            handles = []
+            for k in range(SUBMIT_COMMANDS):  # no number to draw: one command fewer
+                proxy.cut(f"solo-{k}".encode(), after=k)
+                with pytest.raises(RedisConnectionError):
+                    await runs.run("triage", f"solo {k}", run_id=f"solo-{k}")
+                handles.append(await runs.run("triage", f"solo {k}", run_id=f"solo-{k}"))
+            async with running_worker(agent_settings, client, serving=app):
+                results = [await handle.result(timeout=10) for handle in handles]
+        finally:
+            await app_client.aclose()
+    assert [r.status for r in results] == ["completed"] * SUBMIT_COMMANDS
+    asked = Counter(call[-1]["content"] for call in model.calls)
+    assert asked == Counter(f"solo {k}" for k in range(SUBMIT_COMMANDS))
