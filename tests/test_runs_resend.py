@@ -113,3 +113,29 @@ async def test_a_retry_note_whose_reply_was_lost_is_written_once(
     assert result.status == "completed" and len(model.calls) == 2
     types = await types_of(store, "r2")
     assert types.count("run.retrying") == 1, types
+
+
+async def test_a_result_write_that_failed_is_retried_in_the_runs_place(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings, redis_url: str
+) -> None:
+    """Without a retry policy (the runtime's own clients) a failed write of the result fails
+    the attempt: the worker core retries the entry, which keeps its turn in the conversation
+    (it does not wait as a run that lost its number would)."""
+    app, model = make_app()
+    runs = AgentClient(client, keys=keys, settings=agent_settings)
+    handle = await runs.run("triage", "hello", session_id="w", run_id="r3")
+    later = await runs.run("triage", "later", session_id="w", run_id="r4")
+    async with FaultyProxy(redis_url) as proxy:
+        proxy.cut(b"r3", b"run.completed", after=0)  # the result's write never reaches Redis
+        plain = redis.asyncio.Redis.from_url(proxy.url)
+        try:
+            async with running_worker(agent_settings, plain, serving=app):
+                result = await handle.result(timeout=5)
+                assert (await later.result(timeout=5)).ok
+        finally:
+            await plain.aclose()
+        assert proxy.fired == 1
+    assert result.status == "completed" and len(model.calls) == 3  # r3 twice, r4 once
+    history = await AgentSession("w", client, keys=keys).get_items()
+    said = [item["content"] for item in history if item.get("role") == "user"]
+    assert said == ["hello", "later"]

@@ -72,8 +72,10 @@ async def execute(ctx: TaskContext, request: RunRequest, agent: Agent[Any], res:
     advance = True
     try:
         await _attempt(run, agent, state)
-    except RetryLater:
-        advance = False  # the retry keeps this run's place in the conversation
+    except BaseException:
+        # the entry runs again (a retry, a write that failed, a shutdown): it keeps its place
+        # in the conversation
+        advance = False
         raise
     finally:
         if run.turn is not None and run.turn.holds and not run.ended:

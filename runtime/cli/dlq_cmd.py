@@ -10,6 +10,7 @@ import anyio
 import click
 from rich.table import Table
 
+from runtime.agents.runs import requeue_for_replay
 from runtime.cli.app import Context, existing_redis, pass_context
 from runtime.dlq import DeadLetter, DeadLetters
 from runtime.streams import find_targets
@@ -134,9 +135,6 @@ def replay(ctx: Context, target: str, letter_ids: tuple[str, ...], everything: b
 
 
 async def _replay(ctx: Context, target: str, ids: list[str] | None) -> None:
-    # imported here: the agents layer loads the Agents SDK, which the other commands need not
-    from runtime.agents.runs import requeue_for_replay
-
     async with existing_redis(ctx) as conn:
         letters = DeadLetters(conn.client, keys=conn.keys)
         requeue = functools.partial(requeue_for_replay, conn.client, conn.keys, ctx.settings.runs)
