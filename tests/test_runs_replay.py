@@ -176,6 +176,7 @@ async def test_a_requeue_and_a_new_number_happen_once_per_replay(
     entry = (await client.xrange(keys.inbox("triage")))[1][1][b"envelope"]
     run = msgspec.convert(msgspec.json.decode(entry)["payload"], RunRequest)
     assert run.run_id == b.run_id
+    a_run = msgspec.structs.replace(run, run_id=a.run_id)
     assert await store.requeue(run, "1-1") == "queued"
     assert await store.requeue(run, "1-1") == "queued"  # seen: nothing more
     record = await store.get(b.run_id)
@@ -198,6 +199,12 @@ async def test_a_requeue_and_a_new_number_happen_once_per_replay(
     assert await turns.reassign("s", b.run_id, "2-2") == 5
     assert await store.requeue(run, "2-2") == "queued"
     assert (await event_types(store, b.run_id)).count("run.requeued") == 2
+    # a run that completed (its letter came from an entry delivered too often after its
+    # result was written) or was cancelled is not run again
+    for status in ("completed", "cancelled"):
+        await client.hset(keys.run(a.run_id), "status", status)
+        assert await store.requeue(a_run, f"9-{status}") == status
+    assert await event_types(store, a.run_id) == []
     # replayed again while its number is the one due: the turn moves past it at once
     assert await turns.reassign("s", b.run_id, "3-3") == 6
     assert int(await client.hget(keys.session_turns("s"), "next")) == 6

@@ -131,10 +131,14 @@ return 1
 
 # KEYS: record, events. ARGV: ttl, maxlen, replay marker, the run.requeued event, then field,
 # value, … (what the record says of the run). Puts a replayed run back to 'queued', once per
-# marker. → {1, 'queued'} when done now, {0, status} when this replay was seen before.
+# marker; a run that completed or was cancelled stays as it is (its letter came from an
+# entry delivered too often after its outcome was written; a cancel is not undone).
+# → {1, 'queued'} when done now, {0, status} when not (seen before, or kept).
 _REQUEUE = """
 local read = redis.call('HMGET', KEYS[1], 'status', 'replay')
-if read[2] == ARGV[3] then return {0, read[1] or ''} end
+if read[2] == ARGV[3] or read[1] == 'completed' or read[1] == 'cancelled' then
+  return {0, read[1] or ''}
+end
 redis.call('HDEL', KEYS[1], 'final_output', 'last_agent', 'usage', 'error', 'error_type',
            'worker', 'started_at', 'finished_at', 'cancel_requested', 'attempt')
 redis.call('HSET', KEYS[1], 'status', 'queued', 'replay', ARGV[3], 'enqueued', '1',
@@ -258,7 +262,8 @@ class RunStore:
         event after its terminal one), once per replay *marker*; the run's status after.
 
         Both the replay command and the worker that takes the replayed entry call this, in
-        either order: the second finds the marker and changes nothing.
+        either order: the second finds the marker and changes nothing. A run that completed
+        or was cancelled is left as it is (and its replayed entry is only acked).
         """
         event = RunEvent(type=REQUEUED, data={"replay": marker}, at=time.time())
         args: list[Any] = [self._ttl, self._maxlen, marker, _encode(event)]
@@ -412,7 +417,8 @@ async def requeue_for_replay(
     client: redis.asyncio.Redis, keys: Keys, settings: RunSettings, envelope: Envelope
 ) -> bool:
     """Put the run of a replayed dead letter back to ``queued`` (see :meth:`RunStore.requeue`);
-    ``False`` when *envelope* is not an agent run's or carries no replay marker.
+    ``False`` when *envelope* is not an agent run's or carries no replay marker, or the run
+    is not to run again (it completed, or was cancelled).
 
     The hook for :meth:`runtime.dlq.DeadLetters.replay`: ``agents-worker dlq replay`` passes
     it. A replay without it still runs the run again (the worker sees the marker), the
@@ -427,9 +433,7 @@ async def requeue_for_replay(
         return False  # a plain task's letter
     if request.agent != envelope.target:
         return False
-    store = RunStore(client, keys, settings)
-    await store.requeue(request, marker)
-    return True
+    return await RunStore(client, keys, settings).requeue(request, marker) == "queued"
 
 
 def _fingerprint(request: RunRequest) -> str:
