@@ -1,9 +1,10 @@
 """The Lua scripts of the stream core: every compound step is one atomic script.
 
 Scripts are registered objects (``register_script``): after a ``SCRIPT FLUSH`` or a server
-restart, redis-py reloads them on the ``NOSCRIPT`` reply, and :class:`Script` tries again when a
-flush comes between that reload and the call. All keys of one script share a hash tag (an
-inbox with its delayed set and dead-letter stream), so they run on Redis Cluster too.
+restart, redis-py reloads them on the ``NOSCRIPT`` reply, and :class:`Script` sends one whole
+(EVAL) when a flush comes between that reload and the call. All keys of one script share a
+hash tag (an inbox with its delayed set and dead-letter stream), so they run on Redis Cluster
+too.
 
 Times that cross processes come from Redis: a script that needs "now" (a delay, the mover of
 due entries, the time of a dead letter) reads ``TIME`` itself (Redis ≥ 5 replicates a script's
@@ -174,30 +175,28 @@ if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then retu
 return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) >= 0 and 1 or 0
 """
 
-_NOSCRIPT_TRIES = 5
-
 
 class Script:
     """A registered script that survives ``SCRIPT FLUSH``, even one sent again and again.
 
-    redis-py reloads a script on ``NOSCRIPT`` and calls it once more; a flush between that
-    reload and the call fails it again, so the call is tried a few times.
+    It is called by its hash (EVALSHA); on ``NOSCRIPT`` redis-py loads it and calls it once
+    more, and should the cache be flushed again in between, it is sent whole (EVAL), which
+    cannot meet ``NOSCRIPT``.
     """
 
-    __slots__ = ("_registered", "script")
+    __slots__ = ("_client", "_registered", "script")
 
     def __init__(self, client: redis.asyncio.Redis, script: str) -> None:
         self.script = script
         """The Lua source (what ``queue_script`` sends as EVAL in a pipeline)."""
+        self._client = client
         self._registered = client.register_script(script)
 
     async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        for _ in range(_NOSCRIPT_TRIES - 1):
-            try:
-                return await self._registered(keys=keys, args=args)
-            except redis.exceptions.NoScriptError:
-                continue  # flushed again between redis-py's reload and its call
-        return await self._registered(keys=keys, args=args)
+        try:
+            return await self._registered(keys=keys, args=args)
+        except redis.exceptions.NoScriptError:  # flushed again between the reload and the call
+            return await self._client.eval(self.script, len(keys), *keys, *args)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import msgspec
 import redis.asyncio
 import redis.exceptions
 from anyio.abc import TaskStatus
@@ -40,7 +39,14 @@ from runtime.scripts import Scripts
 from runtime.settings.model import Settings
 from runtime.worker.faults import UNREACHABLE, Faults, backoff, classify
 from runtime.worker.intake import Intake
-from runtime.worker.invoke import TimedOut, invoke
+from runtime.worker.invoke import (
+    TimedOut,
+    convert_payload,
+    describe_error,
+    error_text,
+    invoke,
+    payload_type_name,
+)
 from runtime.worker.leases import Leases
 from runtime.worker.outcome import Entry, Outcomes, WorkerStats
 from runtime.worker.slots import Slots
@@ -49,7 +55,6 @@ __all__ = ["Worker", "WorkerStats"]
 
 log = get_logger(__name__)
 
-_MAX_ERROR = 2000
 _CLEANUP_EVERY = 60.0
 
 
@@ -215,21 +220,27 @@ class Worker:
         handlers.cancel()
 
     async def _forever(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
-        """Run *step* again and again; ride out Redis faults (backing off, with jitter)
-        instead of dying. Other refusals are bugs or misconfiguration: raised."""
+        """Run *step* again and again; ride out Redis faults (backing off, with jitter) and a
+        deleted inbox (its group made again) instead of dying. Other refusals are bugs or
+        misconfiguration: raised."""
         failures = 0
+        regroup = False
         while True:
             try:
+                if regroup:
+                    await self._intake.ensure_groups()  # the stream was deleted under us
+                    regroup = False
                 await step()
             except redis.exceptions.RedisError as exc:
+                failures += 1
                 if _is_nogroup(exc):
                     log.warning("group.recreated", loop=name, error=str(exc))
-                    await self._intake.ensure_groups()  # the stream was deleted under us
+                    regroup = True
+                    await anyio.sleep(backoff(failures - 1) / 10)
                     continue
                 kind = classify(exc)
                 if kind is None:
                     raise
-                failures += 1
                 self._faults.failed(name, exc, kind)
                 await anyio.sleep(backoff(failures))
             else:
@@ -289,11 +300,11 @@ class Worker:
             return
         handler = self.app.handlers[envelope.target]
         try:
-            payload = _convert(envelope.payload, handler.payload_type)
+            payload = convert_payload(envelope.payload, handler.payload_type)
         except Exception as exc:  # msgspec.ValidationError, or a payload too deep to convert
-            detail = f"the payload does not convert to {_type_name(handler.payload_type)}"
+            detail = f"the payload does not convert to {payload_type_name(handler.payload_type)}"
             await self._dead_letter(
-                entry, envelope, Reason.INVALID_PAYLOAD, detail, _error_text(exc)
+                entry, envelope, Reason.INVALID_PAYLOAD, detail, error_text(exc)
             )
             return
         await self._run(entry, envelope, handler, payload, tries)
@@ -327,10 +338,10 @@ class Worker:
         except PermanentError as exc:
             await self._dead_letter(
                 entry, envelope, Reason.PERMANENT, "the handler raised PermanentError",
-                _describe(exc),
+                describe_error(exc),
             )  # fmt: skip
         except RetryLater as exc:
-            await self._failed(entry, envelope, tries, _describe(exc), exc.delay)
+            await self._failed(entry, envelope, tries, describe_error(exc), exc.delay)
         except Defer as exc:
             self.stats.handled -= 1  # not an attempt
             wait = exc.delay
@@ -340,7 +351,7 @@ class Worker:
                 )
         except Exception as exc:
             log.warning("task.failed", target=envelope.target, task=envelope.id, error=repr(exc))
-            await self._failed(entry, envelope, tries, _describe(exc), None)
+            await self._failed(entry, envelope, tries, describe_error(exc), None)
         else:
             if not entry.lost:  # a lost lease: the entry is not ours to settle
                 self.stats.succeeded += 1
@@ -462,25 +473,6 @@ class Worker:
 
 def _is_nogroup(exc: redis.exceptions.RedisError) -> bool:
     return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith("NOGROUP")
-
-
-def _convert(payload: Any, payload_type: Any) -> Any:
-    if payload_type is Any:
-        return payload
-    return msgspec.convert(payload, payload_type)
-
-
-def _type_name(payload_type: Any) -> str:
-    return str(getattr(payload_type, "__name__", payload_type))
-
-
-def _describe(exc: BaseException) -> str:
-    return _error_text(exc, type_name=True)
-
-
-def _error_text(exc: BaseException, *, type_name: bool = False) -> str:
-    text = f"{type(exc).__name__}: {exc}" if type_name else str(exc)
-    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 1] + "…"
 
 
 def _backoff(attempt: int, base: float, cap: float) -> float:

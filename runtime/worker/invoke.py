@@ -1,4 +1,5 @@
-"""Calling a handler under its time limit.
+"""Calling a handler under its time limit (and the helpers around a call: its payload
+converted to the declared type, its error described).
 
 An ``async def`` handler is cancelled at its next ``await`` when its time is up (or its
 lease was lost). A plain ``def`` handler runs in a worker thread, and Python cannot stop a
@@ -15,14 +16,24 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import msgspec
 
 from runtime.app import Handler, TaskContext
 from runtime.log import get_logger
 from runtime.worker.outcome import Entry
 
-__all__ = ["TimedOut", "invoke"]
+__all__ = [
+    "TimedOut",
+    "convert_payload",
+    "describe_error",
+    "error_text",
+    "invoke",
+    "payload_type_name",
+]
 
 log = get_logger(__name__)
+
+_MAX_ERROR = 2000
 
 
 class TimedOut(Exception):
@@ -78,3 +89,24 @@ def _call_and_flag(
         returned.flag.set()
         with contextlib.suppress(RuntimeError):  # the event loop is gone (exiting)
             anyio.from_thread.run_sync(returned.event.set)
+
+
+def convert_payload(payload: Any, payload_type: Any) -> Any:
+    """*payload* as the handler's declared type (raises msgspec.ValidationError)."""
+    if payload_type is Any:
+        return payload
+    return msgspec.convert(payload, payload_type)
+
+
+def payload_type_name(payload_type: Any) -> str:
+    return str(getattr(payload_type, "__name__", payload_type))
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message`` of a handler's exception, bounded."""
+    return error_text(exc, type_name=True)
+
+
+def error_text(exc: BaseException, *, type_name: bool = False) -> str:
+    text = f"{type(exc).__name__}: {exc}" if type_name else str(exc)
+    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 1] + "…"
