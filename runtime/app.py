@@ -20,7 +20,11 @@ stays with this worker — lease renewed, slot busy — until the thread has ret
 other try of the entry starts while it still runs; the attempt then counts as timed out
 (retried, or dead-lettered after ``worker.max_deliveries``). Only shutdown does not wait for
 such a thread beyond the grace period: the entry is released and the thread ends with the
-process. A handler that must stop in time checks the clock itself (``ctx.deadline``).
+process. A plain handler that must stop in time keeps its own time (and checks
+``ctx.deadline``, when set). A blocking call in an ``async def`` handler is worse: it blocks
+the whole loop (every other entry, lease renewal); the worker then renews at once when the
+loop wakes and never starts a second copy of an entry it still holds, but if the loop stays
+blocked past the lease another worker may take the entry meanwhile.
 """
 
 from __future__ import annotations
