@@ -33,8 +33,9 @@ from runtime.agents.protocol import RunRequest, RunResult
 from runtime.agents.runs import RunStore
 from runtime.agents.turns import SessionTurns
 from runtime.app import App, DeadLetterContext, TaskContext
+from runtime.coordinator import AgentCoordinator
 from runtime.errors import AppError, KeyNameError
-from runtime.keys import validate_name
+from runtime.keys import Keys, validate_name
 from runtime.log import get_logger
 
 __all__ = ["AgentApp"]
@@ -161,11 +162,7 @@ class AgentApp(App):
         await runs.store(result)
 
 
-def _publisher(client: redis.asyncio.Redis, keys: Any, stream_name: str) -> Any:
-    try:
-        from runtime.coordinator import AgentCoordinator
-    except ImportError:  # pragma: no cover - the coordinator ships with the runtime
-        return None
+def _publisher(client: redis.asyncio.Redis, keys: Keys, stream_name: str) -> AgentCoordinator:
     # workers only announce in-run handoffs: those runs go on already
     return AgentCoordinator(
         stream_name=stream_name, client=client, keys=keys, continue_handoffs=False

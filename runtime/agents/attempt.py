@@ -21,7 +21,7 @@ from runtime.agents.protocol import RunEvent, RunRequest
 from runtime.agents.runs import RunStore
 from runtime.agents.turns import SessionTurns, Turn
 from runtime.app import TaskContext
-from runtime.coordinator import EVENT_FIELD, CoordinationEvent, EventType
+from runtime.coordinator import EVENT_FIELD, AgentCoordinator, CoordinationEvent, EventType
 from runtime.log import get_logger
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class Resources:
     turns: SessionTurns
     run_config: RunConfig
     model_note: str
-    publisher: Any = None
+    publisher: AgentCoordinator | None = None
     """An AgentCoordinator to publish lifecycle events with (best effort)."""
 
 
@@ -117,15 +117,18 @@ def coordination(
 
 def publish(res: Resources, pipe: Any, events: list[CoordinationEvent | None]) -> None:
     """Queue the XADDs of *events* on *pipe* (best effort: a bad event is only logged)."""
+    publisher = res.publisher
+    if publisher is None:
+        return
     for event in events:
         if event is None:
             continue
         try:
-            key, body = res.publisher.entry(event)
+            key, body = publisher.entry(event)
         except Exception as exc:
             log.warning("coordination.publish_failed", kind=str(event.type), error=str(exc))
             continue
-        pipe.xadd(key, {EVENT_FIELD: body}, maxlen=res.publisher.maxlen, approximate=True)
+        pipe.xadd(key, {EVENT_FIELD: body}, maxlen=publisher.maxlen, approximate=True)
 
 
 def _summary(request: RunRequest) -> str:
