@@ -184,7 +184,8 @@ async def test_autoscaling_up_under_backlog_and_down_when_idle(
 async def test_sigterm_drains_slow_handlers(
     runs: list[Running], redis_url: str, keys: Keys, client: redis.asyncio.Redis
 ) -> None:
-    sets = [*FAST, "worker.shutdown_grace_seconds=10"]
+    # a grace far longer than the test may take: the drain ends when the handlers do
+    sets = [*FAST, "worker.shutdown_grace_seconds=600"]
     run = supervise(runs, redis_url, keys.prefix, "-w", "1", "-c", "4", sets=sets)
     await run.wait_for(r"worker\.ready slot=")
     await producer(redis_url, keys, client).enqueue_many("slow", [1.5] * 4)
@@ -193,9 +194,7 @@ async def test_sigterm_drains_slow_handlers(
         return len(await scratch_list(client, keys, "started")) == 4
 
     await wait_until(started, what="four starts")
-    began = time.monotonic()
     assert await run.stop() == 0
-    assert time.monotonic() - began < 8
     assert len(await scratch_list(client, keys, "effects")) == 4  # they finished
     assert await drained(client, keys, "slow")  # nothing stranded
 
