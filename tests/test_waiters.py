@@ -284,7 +284,7 @@ async def test_idle_waits_do_not_keep_the_reader_busy(
 ) -> None:
     """200 waits on runs that do not move: each wait looks at its run's record once per
     block period, and rejoins the reader's read without waking it, so the reads stay few
-    (with a wake-up per rejoin: ~140 reads in two periods, ~10 without)."""
+    (with a wake-up per rejoin: 120-140 reads in two periods; 4-11 without)."""
     waits = 200
 
     async def calls(command: str) -> int:

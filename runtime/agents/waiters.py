@@ -51,12 +51,13 @@ def _position(stream_id: str) -> tuple[int, int] | None:
 class _Wait:
     """One task waiting for events of one run after *after*."""
 
-    __slots__ = ("after", "events", "key", "more", "position", "signal")
+    __slots__ = ("after", "deadline", "events", "key", "more", "position", "signal")
 
-    def __init__(self, key: str, after: str, position: tuple[int, int]) -> None:
+    def __init__(self, key: str, after: str, position: tuple[int, int], deadline: float) -> None:
         self.key = key
         self.after = after
         self.position = position
+        self.deadline = deadline
         self.events: list[RunEvent] | None = None  # set when served
         self.more = False  # the batch served was cut at COUNT: more events follow at once
         # set when served, or asked to take the reader's role (made when it first waits)
@@ -88,12 +89,12 @@ class RunWaiters:
         if not self._shared or position is None:
             return await self._read_alone(run_id, after, within)
         deadline = time.monotonic() + within  # the event loop's clock
-        wait = _Wait(self._keys.run_events(run_id), after, position)
+        wait = _Wait(self._keys.run_events(run_id), after, position, deadline)
         self._waits[wait] = None
         try:
             while wait.events is None and time.monotonic() < deadline:
                 if self._reader is None:
-                    await self._read(wait, deadline)
+                    await self._read(wait)
                     continue
                 wait.signal = anyio.Event()
                 await self._wake(wait)
@@ -113,18 +114,18 @@ class RunWaiters:
         return events, len(events) >= COUNT
 
     def _pass_on(self) -> None:
-        """Hand the reader's role to the first task still waiting (it reads when it runs)."""
-        for wait in self._waits:
-            if wait.events is None and wait.signal is not None:
-                wait.signal.set()
-                return
+        """Hand the reader's role to the waiting task with the most time left (it reads when
+        it runs): a reader whose time is nearly up would read briefly and hand on again."""
+        waiting = [(w.deadline, w.signal) for w in self._waits if w.events is None and w.signal]
+        if waiting:
+            max(waiting, key=lambda pair: pair[0])[1].set()
 
-    async def _read(self, me: _Wait, deadline: float) -> None:
+    async def _read(self, me: _Wait) -> None:
         """Be the reader until *me* is served or its time is up."""
         self._reader = me
         try:
             while True:
-                left = deadline - time.monotonic()
+                left = me.deadline - time.monotonic()
                 if left <= 0:
                     return
                 await self._read_once(max(1, min(BLOCK_MS, int(left * 1000))))
