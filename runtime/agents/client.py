@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import redis.asyncio
 
-from runtime.agents.protocol import HandoffInfo, RunEvent, RunRequest, RunResult
+from runtime.agents.protocol import REQUEUED, HandoffInfo, RunEvent, RunRequest, RunResult
 from runtime.agents.runs import RunStore
 from runtime.agents.turns import SessionTurns
 from runtime.agents.waiters import BLOCK_MS, COUNT, RunWaiters
@@ -30,9 +30,6 @@ from runtime.settings.model import Settings
 
 __all__ = ["AgentClient", "RunHandle", "RunNotFound"]
 
-_REQUEUED = "run.requeued"
-"""Appended when a dead-lettered run is replayed: the terminal event before it is not the
-run's outcome any more; a new attempt follows, which ends with a terminal event of its own."""
 _DIRECT_WAITS = 4  # run_and_wait calls at once that wait in their submit's round trip
 
 
@@ -302,6 +299,6 @@ def _ending(events: list[RunEvent], ended: RunEvent | None) -> RunEvent | None:
     for event in events:
         if event.terminal:
             ended = event
-        elif event.type == _REQUEUED:
+        elif event.type == REQUEUED:  # a replay: a new attempt follows
             ended = None
     return ended
