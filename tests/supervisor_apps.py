@@ -50,6 +50,13 @@ async def probe(ctx: TaskContext, seconds: float) -> None:
             await ctx.redis.eval(_UNMARK, 1, key, mark)
 
 
+@app.task("suicide")
+async def suicide(ctx: TaskContext, status: int) -> None:
+    """A poison entry: kills its worker process on the spot, every time it runs."""
+    await ctx.redis.rpush(ctx.keys.scratch("started"), ctx.task_id)
+    os._exit(status)
+
+
 @app.task("hog")
 async def hog(ctx: TaskContext, seconds: float) -> None:
     """Blocks the worker's event loop for *seconds* (a sync call in an async handler)."""

@@ -62,6 +62,36 @@ async def test_healthy_workers_killed_again_and_again_are_always_restarted(
     assert await run.stop() == 0
 
 
+async def test_an_entry_that_kills_its_worker_is_dead_lettered_not_a_crash_loop(
+    runs: list[Running], redis_url: str, keys: Keys, client: redis.asyncio.Redis
+) -> None:
+    """With the default crash-loop rule (5 early crashes a minute) and max_deliveries (5), a
+    poison entry that kills its worker at once, right after READY, every time: the worker
+    died running work, so the supervisor restarts it until the delivery count dead-letters
+    the entry, and the rest of the work is served."""
+    run = supervise(runs, redis_url, keys.prefix, "-w", "1", "-c", "1", sets=FAST, app=APP)
+    await run.wait_for(r"worker\.ready slot=")
+    jobs = producer(redis_url, keys, client)
+    poison = await jobs.enqueue("suicide", 3)
+    sent = await jobs.enqueue_many("probe", [0.01] * 5)
+
+    async def dead_lettered() -> bool:
+        return await DeadLetters(client, keys=keys).size("suicide") == 1
+
+    await wait_until(dead_lettered, limit=60, what="the poison entry dead-lettered")
+    [letter] = await DeadLetters(client, keys=keys).read("suicide")
+    assert letter.task_id == poison.task_id and letter.reason == "max_deliveries"
+    assert (await scratch_list(client, keys, "started")).count(poison.task_id) == 5
+
+    async def served() -> bool:
+        return set(await scratch_list(client, keys, "effects")) >= {s.task_id for s in sent}
+
+    await wait_until(served, limit=30, what="the other work served")
+    assert run.proc.poll() is None and "giving up" not in run.output
+    assert run.count(r"worker\.crashed .*crash_loop=false") == 5
+    assert await run.stop() == 0
+
+
 async def _served_for(run: Running, seconds: float) -> int:
     """The pid of a worker that reported READY at least *seconds* ago."""
     found: list[int] = []

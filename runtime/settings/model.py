@@ -428,9 +428,10 @@ class SupervisorSettings(Section, frozen=True, kw_only=True):
         Meta(
             ge=1,
             description="Crashes within `crash_loop_window_seconds` after which the "
-            "supervisor gives up and exits 1. Only a worker that dies before READY or within "
-            "`crash_loop_min_uptime_seconds` after it counts; one that served longer (killed "
-            "by an operator or the OOM killer) is restarted with backoff, never given up on.",
+            "supervisor gives up and exits 1. Only a worker that dies before READY, or within "
+            "`crash_loop_min_uptime_seconds` after it without having started any work, counts; "
+            "one that served (killed by an operator or the OOM killer, or by an entry) is "
+            "restarted with backoff, never given up on.",
         ),
     ] = 5
     crash_loop_window_seconds: Annotated[
@@ -440,8 +441,10 @@ class SupervisorSettings(Section, frozen=True, kw_only=True):
         float,
         Meta(
             ge=0,
-            description="A worker that dies sooner than this after reporting READY counts "
-            "as a crash towards `crash_loop_restarts`; one that ran longer does not.",
+            description="A worker that dies sooner than this after reporting READY, before "
+            "its first handler started, counts as a crash towards `crash_loop_restarts`; one "
+            "that ran longer, or died running work (an entry that kills its worker is "
+            "dead-lettered by `worker.max_deliveries`), does not.",
         ),
     ] = 10.0
 

@@ -3,8 +3,8 @@
 The supervisor writes the effective settings as one JSON line on the worker's stdin and keeps
 that pipe open while it lives: when the supervisor dies, even by SIGKILL, the worker sees EOF
 and exits by itself (:mod:`runtime.worker.process`). The worker answers on its stdout:
-``READY <pid>`` once it serves, then ``RECYCLE <reason>``, ``PAUSED <reason>`` (Redis refuses
-work: full, read-only, loading…) and ``RESUMED``.
+``READY <pid>`` once it serves, then ``BUSY`` (its first handler started), ``RECYCLE <reason>``,
+``PAUSED <reason>`` (Redis refuses work: full, read-only, loading…) and ``RESUMED``.
 
 Signals go to the pid with :func:`os.kill`, never through :class:`subprocess.Popen`: Popen
 polls (reaps) a child that already exited before it signals it, and asyncio's child watcher
@@ -42,6 +42,9 @@ class Slot:
     """Monotonic time of the worker's READY line; ``None`` until then."""
     paused: str | None = None
     """Why the worker is paused (a Redis fault), ``None`` while it serves."""
+    busy: bool = False
+    """The worker started running work (its ``BUSY`` line): a death after it is not a
+    start-up failure."""
     retiring: bool = False
     recycle_reason: str | None = None
     crashes_in_a_row: int = 0
@@ -60,6 +63,9 @@ class WorkerExit:
     """Seconds between READY and the exit; ``None``: it never reported READY."""
     late: bool = False
     """It did not report READY within ``supervisor.ready_timeout_seconds`` (and was killed)."""
+    busy: bool = False
+    """It had started running work (an entry may have killed it: its delivery count, not
+    the crash-loop rule, deals with that)."""
 
     @property
     def reason(self) -> str:
@@ -67,7 +73,7 @@ class WorkerExit:
         if self.late:
             return f"did not report READY in time ({what})"
         if self.served is None:
-            return f"{what} before READY"
+            return f"{what} before READY" + (" (running work)" if self.busy else "")
         return what
 
 
@@ -115,21 +121,25 @@ async def run_worker(
                     break
                 if line.startswith("READY"):
                     slot.ready_at = time.monotonic()
+                else:  # BUSY before READY: it recovered its predecessor's entries first
+                    _status_line(slot, line)
         if slot.ready_at is None:
             send_signal(process, signal.SIGKILL)
-            return WorkerExit(await process.wait(), None, late=waiting.cancelled_caught)
+            status = await process.wait()
+            return WorkerExit(status, None, late=waiting.cancelled_caught, busy=slot.busy)
         log.info("worker.ready", slot=slot.index, pid=process.pid, consumer=slot.consumer)
         on_ready()
         while (line := await _read_line(lines)) is not None:
             _status_line(slot, line)
         status = await process.wait()
-        return WorkerExit(status, time.monotonic() - slot.ready_at)
+        return WorkerExit(status, time.monotonic() - slot.ready_at, busy=slot.busy)
     finally:
         with anyio.CancelScope(shield=True):
             send_signal(process, signal.SIGKILL)
             await process.wait()
             slot.ready_at = None
             slot.paused = None
+            slot.busy = False
             slot.process = None
             await process.aclose()
 
@@ -138,6 +148,8 @@ def _status_line(slot: Slot, line: str) -> None:
     word, _, rest = line.partition(" ")
     if word == "RECYCLE":
         slot.recycle_reason = rest
+    elif word == "BUSY":
+        slot.busy = True
     elif word == "PAUSED":
         if slot.paused is None:
             log.warning("worker.paused", slot=slot.index, reason=rest)

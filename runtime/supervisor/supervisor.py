@@ -7,9 +7,10 @@
   restarted in a slot takes back its reaped predecessor's entries at once, and another
   supervisor on the same host never shares a name (:mod:`runtime.worker.process`);
 - restarts a worker that died, with exponential backoff; gives up with a clear error only when
-  workers crash *early* (before READY or within ``crash_loop_min_uptime_seconds`` of it)
-  ``crash_loop_restarts`` times within ``crash_loop_window_seconds``: a worker that served
-  and was killed (an operator, the OOM killer) is always restarted;
+  workers crash *early* (before READY, or within ``crash_loop_min_uptime_seconds`` of it
+  without having started any work) ``crash_loop_restarts`` times within
+  ``crash_loop_window_seconds``: a worker that served and was killed (an operator, the OOM
+  killer), or that an entry killed (its delivery count dead-letters it), is always restarted;
 - replaces a worker that recycled itself (``worker.max_entries`` / ``worker.max_rss_mb``) at once;
 - between ``min_workers`` and ``max_workers``, adds workers while the inboxes hold more than
   the running workers can take and removes one after ``scale_down_after_seconds`` of low backlog;
@@ -204,7 +205,11 @@ class Supervisor:
         """Restart after a backoff; give up only on a loop of early crashes."""
         self.restarts += 1
         sup = self.settings.supervisor
-        early = ended.served is None or ended.served < sup.crash_loop_min_uptime_seconds
+        # a worker that died running work was not failing to start: an entry that kills its
+        # worker is dead-lettered by its delivery count, and the fleet goes on meanwhile
+        early = not ended.busy and (
+            ended.served is None or ended.served < sup.crash_loop_min_uptime_seconds
+        )
         slot.crashes_in_a_row = slot.crashes_in_a_row + 1 if early else 1
         log.warning(
             "worker.crashed",

@@ -69,7 +69,9 @@ class Worker:
 
     *on_fault* hears Redis fault episodes (:mod:`runtime.worker.faults`): a short reason when
     one begins (Redis out of memory, loading, read-only, unreachable…), ``None`` when every
-    call works again. :attr:`fault` holds the reason in the meantime.
+    call works again. :attr:`fault` holds the reason in the meantime. *on_busy* is called once,
+    when the first handler starts (a process that dies after it died running work, not
+    starting up).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Worker:
         keys: Keys | None = None,
         on_recycle: Callable[[str], None] | None = None,
         on_fault: Callable[[str | None], None] | None = None,
+        on_busy: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -96,6 +99,7 @@ class Worker:
         self._targets = {self.keys.inbox(t).encode(): t for t in app.targets}
         self._slots = Slots(self._cfg.concurrency)
         self._faults = Faults(on_fault)
+        self._on_busy = on_busy
         self._leases = Leases(
             self._scripts,
             group=self._group,
@@ -323,6 +327,12 @@ class Worker:
         with it, so every worker agrees whatever its own clock says."""
         return time.time() + self._intake.clock_offset
 
+    def _busy(self) -> None:
+        """Tell *on_busy* (once) that a handler started."""
+        on_busy, self._on_busy = self._on_busy, None
+        if on_busy is not None:
+            on_busy()
+
     async def _run(
         self, entry: Entry, envelope: Envelope, handler: Handler, payload: Any, tries: int
     ) -> None:
@@ -330,6 +340,7 @@ class Worker:
         if envelope.deadline is not None:
             timeout = min(timeout, max(0.0, envelope.deadline - self._now()))
         self.stats.handled += 1
+        self._busy()
         try:
             ctx = self._context(entry, envelope)
             await invoke(entry, handler, ctx, payload, limit=timeout)

@@ -160,6 +160,7 @@ async def _serve(app: App, settings: Settings, consumer: str, channel: TextIO | 
             keys=conn.keys,
             on_recycle=lambda reason: _say(channel, f"RECYCLE {reason}"),
             on_fault=lambda reason: _say(channel, _fault_line(reason)),
+            on_busy=lambda: _say(channel, "BUSY"),
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals, worker, liveness)
