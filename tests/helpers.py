@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import redis.asyncio
@@ -74,7 +76,11 @@ def worker_process(
 
 async def kill_next_connection(client: redis.asyncio.Redis) -> None:
     """Close, on the server's side, the pooled connection *client*'s next command will take."""
-    conn = await client.connection_pool.get_connection()
+    pool: Any = client.connection_pool
+    # redis-py < 5.3 wants a command name (unused by a plain pool); later ones warn at one
+    name = inspect.signature(pool.get_connection).parameters.get("command_name")
+    wants_name = name is not None and name.default is inspect.Parameter.empty
+    conn = await (pool.get_connection("_") if wants_name else pool.get_connection())
     await conn.send_command("CLIENT", "ID")
     await client.client_kill_filter(_id=await conn.read_response())
     await client.connection_pool.release(conn)  # back on top of the pool, dead
