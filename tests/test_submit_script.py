@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +350,30 @@ async def test_a_hand_made_agent_entry_without_a_run_request_is_dead_lettered(
     [(_, letter)] = await client.xrange(keys.dlq("triage"))
     assert letter[b"reason"] == b"invalid_payload" and letter[b"task_id"] == b"t-1"
     assert b"missing required field `run_id`" in letter[b"error"]
+
+
+@pytest.fixture
+async def core(core_url: str, key_prefix: str) -> AsyncIterator[redis.asyncio.Redis]:
+    client = redis.asyncio.Redis.from_url(core_url)
+    yield client
+    async for key in client.scan_iter(match=f"{key_prefix}:*", count=1000):
+        await client.unlink(key)
+    await client.aclose()
+
+
+async def test_the_script_runs_on_redis_stack_and_plain_redis(
+    core: redis.asyncio.Redis, core_url: str, keys: Keys
+) -> None:
+    """It needs no module (cjson, sha1hex and TIME are Redis's own)."""
+    script = Submitter(core, keys, make_settings(core_url, keys.prefix))
+    request = {"run_id": "r", "agent": "triage", "input": "hi", "session_id": "c"}
+    first = await script.submit(**request)
+    assert first[0] == "submitted" and first[2] == 1
+    assert await script.submit(**request) == ["duplicate", first[1], 1]
+    assert await script.submit(**{**request, "input": "other"}) == ["exists", "", 0]
+    with pytest.raises(redis.exceptions.ResponseError, match=REFUSED):
+        await script.submit(**{**request, "run_id": "r-2", "seq": 3})
+    [(entry_id, fields)] = await core.xrange(keys.inbox("triage"))
+    assert entry_id.decode() == first[1]
+    envelope = decode_entry(fields, max_bytes=1 << 20)
+    assert msgspec.convert(envelope.payload, RunRequest).input == "hi"

@@ -8,6 +8,7 @@ run id and marks the record ``enqueued``. A client in another language calls it 
 ``docs/examples/node/`` shows it from Node.js.
 
     import redis
+    from runtime import Keys
     from runtime.agents.submission import submit_args, submit_keys, submit_script
 
     script = redis.Redis().register_script(submit_script())
@@ -27,7 +28,7 @@ from importlib import resources
 
 from runtime.keys import Keys
 
-__all__ = ["SCRIPT_NAME", "submit_args", "submit_keys", "submit_script", "submit_steps"]
+__all__ = ["SCRIPT_NAME", "STEPS", "submit_args", "submit_keys", "submit_script", "submit_steps"]
 
 SCRIPT_NAME = "submit_run.lua"
 """The script's file name, in the ``runtime.agents`` package."""
