@@ -18,7 +18,9 @@ from tests.runs_faults import FaultyProxy
 
 pytestmark = pytest.mark.anyio
 
-SUBMIT_COMMANDS = 4  # the run's number, its record, its work entry (guarded), the enqueued mark
+SUBMIT_COMMANDS = (
+    4  # its record (alone first), the run's number, its work entry (guarded), the mark
+)
 
 
 @pytest.fixture
@@ -94,3 +96,21 @@ async def test_a_retried_submit_without_a_conversation_runs_once(
     assert [r.status for r in results] == ["completed"] * SUBMIT_COMMANDS
     asked = Counter(call[-1]["content"] for call in model.calls)
     assert asked == Counter(f"solo {k}" for k in range(SUBMIT_COMMANDS))
+
+
+async def test_a_run_id_of_another_run_writes_nothing_anywhere(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings
+) -> None:
+    """The id of a run submitted for another agent or conversation is refused before any
+    write: no entry in the other agent's inbox, no number drawn in the other conversation
+    (the refused submit's entry would have run and written into the first run's record)."""
+    runs = AgentClient(client, keys=keys, settings=agent_settings)
+    await runs.run("triage", "first", session_id="one", run_id="shared")
+    for agent, session in (("billing", "one"), ("billing", "two"), ("triage", "two")):
+        with pytest.raises(EnqueueError, match="exists already"):
+            await runs.run(agent, "second", session_id=session, run_id="shared")
+    assert await client.xlen(keys.inbox("billing")) == 0
+    assert await client.xlen(keys.inbox("triage")) == 1
+    assert not await client.exists(keys.session_turns("two"))
+    record = await runs.handle("shared").status()
+    assert record is not None and record.agent == "triage" and record.session_id == "one"

@@ -55,12 +55,10 @@ _PEEKED = ["status", "cancel_requested"]
 # now, or by an earlier try of this submit that did not complete), 2: this very submit went
 # through before (same fingerprint), 0: another run has this id.
 _SUBMIT_RECORD = """
-local read = redis.call('HMGET', KEYS[1], 'enqueued', 'fingerprint')
-if read[1] then
-  if read[2] == ARGV[2] then return 2 end
-  return 0
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local read = redis.call('HMGET', KEYS[1], 'enqueued', 'fingerprint', 'status')
+if read[3] and read[2] ~= ARGV[2] then return 0 end
+if read[1] then return 2 end
+if not read[3] then
   redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], unpack(ARGV, 3))
   redis.call('EXPIRE', KEYS[1], ARGV[1])
 end
@@ -193,7 +191,8 @@ class RunStore:
         also: Also = None,
         wait_ms: int | None = None,
     ) -> tuple[str, list[RunEvent]] | None:
-        """Record a submitted run and enqueue it, in one round trip (a pipeline).
+        """Record a submitted run and enqueue it, in one round trip (a pipeline), or two when
+        the app chose the run's id.
 
         *also* comes first (the run's number in its conversation), then the record, then the
         work entry, then the ``enqueued`` mark, so a run whose record says ``queued`` without
@@ -205,24 +204,25 @@ class RunStore:
         With *fresh_id* (128 random bits made for this run) the record and the entry are
         written as they are. Without, every step is idempotent by run id, so a submit cut off
         anywhere and sent again completes it, and the run is enqueued once: the record is
-        created unless it exists, the entry is added through a guard in the inbox's slot
+        created unless it exists, first and alone (another run's id refuses the submit before
+        anything else is written), the entry is added through a guard in the inbox's slot
         (``Keys.run_submitted``), and a submit that went through before is recognised (same
         agent, input, session and options) and returns the entry it added. *also* must be
         idempotent too (:meth:`SessionTurns.assign` is).
         """
-        batch = Batch()
-        if also is not None:
-            also(batch)
         record = self._keys.run(request.run_id)
         items: list[Any] = ["status", "queued", "agent", request.agent]
         items += ["session_id", request.session_id or "", "submitted_at", request.submitted_at]
+        if not fresh_id and not await self._claim_id(record, request, items):
+            return None
+        batch = Batch()
+        if also is not None:
+            also(batch)
         if fresh_id:  # a new random id cannot exist: no check, no script
             batch.hset(record, items=items)
             batch.expire(record, self._ttl)
             batch.xadd(inbox, {"envelope": envelope})
         else:
-            args = [self._ttl, _fingerprint(request), *items]
-            queue_script(batch, self._submit_record, [record], args)
             guard = self._keys.run_submitted(request.agent, request.run_id)
             keys = [guard, inbox]
             queue_script(batch, self._enqueue_run, keys, [envelope, self._guard_ttl])
@@ -233,10 +233,16 @@ class RunStore:
             replies = await run_batch(self._client, batch)
             first_error(replies)
         events = _events(replies.pop()) if wait_ms is not None else []
-        if not fresh_id and not replies[-3]:
-            return None
         entry_id = replies[-2]
         return (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)), events
+
+    async def _claim_id(self, record: str, request: RunRequest, items: list[Any]) -> bool:
+        """Create the record of a run submitted with an id of the app's own, in a round trip
+        of its own, before anything else is written: ``False`` when another run has the id
+        (nothing is written then, in its conversation or in any inbox)."""
+        args = [self._ttl, _fingerprint(request), *items]
+        with translate_errors("submit a run"):
+            return bool(await self._submit_record(keys=[record], args=args))
 
     def peek(self, run_id: str, pipe: Any) -> None:
         """Queue the read of what decides whether an attempt may start (see :meth:`peeked`)."""

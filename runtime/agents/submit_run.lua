@@ -33,12 +33,10 @@ end -- of step assign
 -- step submit_record: KEYS: record. ARGV: ttl, fingerprint, field, value, … → 1: go on,
 -- 2: this submit went through before, 0: another run has this id (runtime/agents/runs.py)
 local function submit_record(KEYS, ARGV)
-local read = redis.call('HMGET', KEYS[1], 'enqueued', 'fingerprint')
-if read[1] then
-  if read[2] == ARGV[2] then return 2 end
-  return 0
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local read = redis.call('HMGET', KEYS[1], 'enqueued', 'fingerprint', 'status')
+if read[3] and read[2] ~= ARGV[2] then return 0 end
+if read[1] then return 2 end
+if not read[3] then
   redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], unpack(ARGV, 3))
   redis.call('EXPIRE', KEYS[1], ARGV[1])
 end
