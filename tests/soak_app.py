@@ -24,7 +24,7 @@ from runtime.app import TaskContext
 from tests.agent_apps import EchoModel
 
 soaker = Agent(name="soaker", instructions="Answer.")
-app = AgentApp("soak", agents=[soaker], model=EchoModel(delay=0.05))
+app = AgentApp("soak", agents=[soaker], model=EchoModel(delay=0.2))
 
 _PID = str(os.getpid())
 
@@ -56,9 +56,9 @@ async def _persist(step: Callable[[], Awaitable[Any]]) -> Any:
 async def _running_elsewhere(ctx: TaskContext) -> list[str]:
     """Live processes (this one included) whose in-flight set holds this task now."""
     holders = []
-    async for raw in ctx.redis.scan_iter(match=ctx.keys.scratch("inflight:*"), count=1000):
+    async for raw in ctx.redis.scan_iter(match=ctx.keys.scratch("inflight-*"), count=1000):
         key = raw.decode() if isinstance(raw, bytes) else raw
-        pid = key.rsplit(":", 1)[1]
+        pid = key.rsplit("-", 1)[1]
         if pid == _PID:
             continue
         if _alive(int(pid)) and await ctx.redis.sismember(key, ctx.task_id):
@@ -68,7 +68,7 @@ async def _running_elsewhere(ctx: TaskContext) -> list[str]:
 
 @app.task("chore")
 async def chore(ctx: TaskContext, n: int) -> None:
-    mine = ctx.keys.scratch(f"inflight:{_PID}")
+    mine = ctx.keys.scratch(f"inflight-{_PID}")
     added = await _persist(lambda: ctx.redis.sadd(mine, ctx.task_id))
     try:
         others = await _persist(lambda: _running_elsewhere(ctx))

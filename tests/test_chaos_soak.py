@@ -44,9 +44,9 @@ SETS = [
     "supervisor.restart_backoff_seconds=0.05",
     "supervisor.ready_timeout_seconds=30",
 ]
-CHORES = 400
+CHORES = 1500
 CONVERSATIONS = 8
-TURNS = 4
+TURNS = 6
 
 
 class Supervisor:
@@ -94,7 +94,14 @@ class Supervisor:
                 os.kill(pid, signal.SIGKILL)
         if self.proc.poll() is None:
             self.proc.kill()
+        self.close()
+
+    def close(self) -> None:
+        """Reap the process and close its output pipe."""
         self.proc.wait()
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 class _gone_ok:
@@ -206,33 +213,70 @@ async def _soak(
     kills = await _chaos(server, client, (url, keys.prefix), a, b, supervisors)
 
     async def all_done() -> bool:
-        return int(await client.scard(keys.scratch("done"))) >= CHORES and all(
-            await _terminal(agents, run_ids) for run_ids in runs.values()
-        )
+        if int(await client.scard(keys.scratch("done"))) < CHORES:
+            return False
+        return all([await _terminal(agents, run_ids) for run_ids in runs.values()])
 
-    await _until(all_done, 180, f"{CHORES} chores and every run terminal")
+    try:
+        await _until(all_done, 180, f"{CHORES} chores and every run terminal")
+    except AssertionError:
+        print(await _state(client, keys, agents, runs))
+        for name, sup in zip("abc", supervisors, strict=False):
+            print(f"--- supervisor {name} ---\n{sup.tail()}")
+        raise
     done = {v.decode() for v in await client.smembers(keys.scratch("done"))}
     assert done == {s.task_id for s in sent}  # nothing lost
     overlaps = [v.decode() for v in await client.lrange(keys.scratch("overlaps"), 0, -1)]
     assert overlaps == [], f"ran twice at the same time (kills: {kills}): {overlaps[:5]}"
     for conv, run_ids in runs.items():
-        for run_id in run_ids:
-            result = await agents.handle(run_id).status()
-            assert result is not None
-            assert result.status == "completed", (conv, run_id, result.error)
-        history = _texts(await AgentSession(conv, client, keys=keys).get_items())
-        expected = []
-        for turn in range(TURNS):
-            text = f"{conv} t{turn}"
-            expected += [("user", text), ("assistant", f"reply to {text}")]
-        assert history == expected, conv
+        await _check_conversation(client, keys, agents, conv, run_ids)
     survivors = [sup for sup in supervisors if sup.proc.poll() is None]
     assert len(survivors) == 2
     for sup in survivors:
         sup.proc.send_signal(signal.SIGTERM)
     for sup in survivors:
         status = await anyio.to_thread.run_sync(sup.proc.wait, 60)
+        sup.close()
         assert status == 0, sup.tail()
+
+
+async def _check_conversation(
+    client: redis.asyncio.Redis, keys: Keys, agents: AgentClient, conv: str, run_ids: list[str]
+) -> None:
+    """Every run completed; the history holds each turn once, in submit order."""
+    for run_id in run_ids:
+        result = await agents.handle(run_id).status()
+        assert result is not None
+        assert result.status == "completed", (conv, run_id, result.error)
+    history = _texts(await AgentSession(conv, client, keys=keys).get_items())
+    expected = []
+    for turn in range(TURNS):
+        text = f"{conv} t{turn}"
+        expected += [("user", text), ("assistant", f"reply to {text}")]
+    assert history == expected, conv
+
+
+async def _state(
+    client: redis.asyncio.Redis, keys: Keys, agents: AgentClient, runs: dict[str, list[str]]
+) -> str:
+    """What is left: for a failure's message."""
+    lines = [f"chores done: {await client.scard(keys.scratch('done'))} of {CHORES}"]
+    for target in ("chore", "soaker"):
+        inbox = keys.inbox(target)
+        lines.append(
+            f"{target}: inbox {await client.xlen(inbox)}, delayed "
+            f"{await client.zcard(keys.delayed(target))}, dlq {await client.xlen(keys.dlq(target))}"
+        )
+        if await client.exists(inbox):
+            lines.append(f"  groups: {await client.xinfo_groups(inbox)}")
+    for conv, run_ids in runs.items():
+        states = []
+        for run_id in run_ids:
+            result = await agents.handle(run_id).status()
+            states.append("gone" if result is None else result.status)
+        turns = await client.hgetall(keys.session_turns(conv))
+        lines.append(f"{conv}: {states} turns={turns}")
+    return "\n".join(lines)
 
 
 async def _ready(*sups: Supervisor) -> bool:
@@ -277,7 +321,7 @@ async def _chaos(
     orphans = b.workers()
     assert orphans
     b.proc.kill()
-    b.proc.wait()
+    b.close()
     kills.append("supervisor b")
     await _until(lambda: _all_gone(orphans), 10, f"the workers of a killed supervisor {orphans}")
     c = Supervisor(*where)
@@ -307,4 +351,8 @@ async def _restart(server: EmbeddedRedis, client: redis.asyncio.Redis) -> None:
         await anyio.sleep(0.05)
     await anyio.sleep(0.5)  # the fleet sees Redis gone for a moment
     await anyio.to_thread.run_sync(server.start)
-    await client.config_set("appendfsync", "always")
+
+    async def durable() -> bool:  # the client's pooled connection died with the server
+        return bool(await client.config_set("appendfsync", "always"))
+
+    await _until(durable, 10, "the restarted server")
