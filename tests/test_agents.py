@@ -3,6 +3,7 @@ events, cancellation, retries."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 
@@ -529,3 +530,23 @@ async def test_a_submit_cut_off_by_a_connection_error_is_raised_not_sent_twice(
 async def _entries_read(client: redis.asyncio.Redis, keys: Keys, target: str, n: int) -> bool:
     groups = await client.xinfo_groups(keys.inbox(target))
     return bool(groups) and int(groups[0].get("entries-read") or 0) >= n
+
+
+async def test_a_run_whose_entry_has_an_invalid_payload_ends_failed(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings
+) -> None:
+    """An entry with the run's id whose payload is not a run request (published by hand) is
+    dead-lettered as invalid_payload; the run's record ends failed, so nobody waits for it
+    and its conversation moves past it."""
+    app, _ = make_app()
+    runs = client_for(client, keys, agent_settings)
+    handle = await runs.run("triage", "lost", session_id="bad")
+    await client.delete(keys.inbox("triage"))  # its entry replaced by a broken one
+    broken = {"v": 1, "id": handle.run_id, "target": "triage", "payload": {"agent": 5}}
+    await client.xadd(keys.inbox("triage"), {"envelope": json.dumps(broken)})
+    async with running_worker(agent_settings, client, serving=app):
+        result = await handle.result(timeout=10)
+        after = await (await runs.run("triage", "next", session_id="bad")).result(10)
+    assert result.status == "failed" and result.error_type == "DeadLettered"
+    assert "$.agent" in (result.error or "")  # the payload's own fault, named
+    assert after.ok

@@ -143,12 +143,12 @@ class AgentApp(App):
         return run_config_for(models, dict(os.environ), **options)
 
     async def _dead_lettered(self, info: DeadLetterContext) -> None:
-        """A run whose entry was dead-lettered ends as failed, so nobody waits for it."""
-        try:
-            request = msgspec.convert(info.envelope.payload, RunRequest)
-        except msgspec.ValidationError:
-            return
+        """A run whose entry was dead-lettered ends as failed, so nobody waits for it (and
+        its conversation moves past it)."""
         runs = RunStore(info.redis, info.keys, info.settings.runs)
+        request = await _request_of(info, runs)
+        if request is None:
+            return
         what = info.detail or info.reason  # e.g. "failed 5 times (worker.max_deliveries = 5)"
         result = RunResult(
             run_id=request.run_id,
@@ -160,6 +160,25 @@ class AgentApp(App):
             submitted_at=request.submitted_at,
         )
         await runs.store(result)
+
+
+async def _request_of(info: DeadLetterContext, runs: RunStore) -> RunRequest | None:
+    """The run a dead letter was for: its request, or, when the payload is not a valid one
+    (``invalid_payload``), what the run's record says, the task id being the run id."""
+    try:
+        return msgspec.convert(info.envelope.payload, RunRequest)
+    except msgspec.ValidationError:
+        pass
+    record = await runs.get(info.envelope.id)
+    if record is None or record.agent != info.envelope.target:
+        return None  # not a run submitted through the runtime: no record to end
+    return RunRequest(
+        run_id=record.run_id,
+        agent=record.agent,
+        input=None,
+        session_id=record.session_id,
+        submitted_at=record.submitted_at,
+    )
 
 
 def _publisher(client: redis.asyncio.Redis, keys: Keys, stream_name: str) -> AgentCoordinator:
