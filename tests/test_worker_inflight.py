@@ -128,6 +128,33 @@ async def test_a_timed_out_thread_holds_its_entry_until_it_returns(
     assert letter.reason == "failed" and letter.error == "timed out after 0.3 s"
 
 
+async def test_a_thread_that_never_started_does_not_hold_its_entry(
+    core: redis.asyncio.Redis, core_url: str, keys: Keys
+) -> None:
+    """One thread for the whole loop: the second entry's call waits for it and its timeout
+    (0.3 s) comes before its thread starts. It is settled as timed out at once (it held its
+    entry, slot and lease forever: nothing ever said its thread had returned), and every entry
+    ends in the dead-letter stream after its tries."""
+    settings = make_settings(core_url, keys.prefix)  # max_deliveries 3
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    tokens, limiter.total_tokens = limiter.total_tokens, 1
+    try:
+        jobs = Producer(core, keys=keys, settings=settings)
+        await jobs.enqueue_many("sleeps_in_thread", [0.6, 0.6])
+        letters = DeadLetters(core, keys=keys)
+        async with running_worker(settings, core, "test:0", serving=app) as worker:
+
+            async def both_dead() -> bool:
+                return await letters.size("sleeps_in_thread") == 2
+
+            await wait_until(both_dead, limit=30, what="two letters")
+            await wait_until(lambda: _done(worker), what="no entry held")
+    finally:
+        limiter.total_tokens = tokens
+    starts = [line for line in await scratch_list(core, keys, "runs") if line.startswith("s")]
+    assert 0 < len(starts) < 6  # some of the six tries never got a thread: timed out waiting
+
+
 async def _pending_is(client: redis.asyncio.Redis, keys: Keys, target: str, n: int) -> bool:
     return int((await client.xpending(keys.inbox(target), "workers"))["pending"]) == n
 

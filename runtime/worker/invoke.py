@@ -55,18 +55,38 @@ async def invoke(
             await anyio.to_thread.run_sync(
                 _call_and_flag, handler.fn, ctx, payload, returned, abandon_on_cancel=True
             )
-        if scope.cancelled_caught and not returned.flag.is_set():
+        if scope.cancelled_caught and not returned.abandon():
             await _wait_for_thread(entry, returned)
     if scope.cancelled_caught and not entry.lost:
         raise TimedOut(f"timed out after {limit:g} s")
 
 
 class _Returned:
-    """Set by a handler's thread when it has really returned, seen from either side."""
+    """Set by a handler's thread when it has really returned, seen from either side; and
+    whether the call may still start (a cancel can come before the thread does: a tiny time
+    limit, a full thread pool, a lost lease)."""
 
     def __init__(self) -> None:
         self.flag = threading.Event()
         self.event = anyio.Event()
+        self._lock = threading.Lock()
+        self._started = False
+        self._abandoned = False
+
+    def start(self) -> bool:
+        """In the thread: ``True`` when the handler may run (it was not abandoned first)."""
+        with self._lock:
+            self._started = not self._abandoned
+            return self._started
+
+    def abandon(self) -> bool:
+        """On the loop, after a cancel: ``True`` when there is no thread to wait for (it has
+        returned, or it never started and now never will)."""
+        with self._lock:
+            if not self._started:
+                self._abandoned = True
+                return True
+            return self.flag.is_set()
 
 
 async def _wait_for_thread(entry: Entry, returned: _Returned) -> None:
@@ -84,7 +104,8 @@ def _call_and_flag(
 ) -> None:
     """Run a plain handler in its thread; *returned* tells when it has really returned."""
     try:
-        fn(ctx, payload)
+        if returned.start():
+            fn(ctx, payload)
     finally:
         returned.flag.set()
         with contextlib.suppress(RuntimeError):  # the event loop is gone (exiting)
