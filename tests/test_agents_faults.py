@@ -1,20 +1,24 @@
-"""An agent run and a Redis out of memory: a run whose result Redis refuses is not lost (its
-entry was acked in the same non-atomic batch, as XACK and XDEL still run on a full Redis, and
-the record said ``running`` forever); it runs again once memory is freed, and its turn is in the
-history once."""
+"""Agent runs at the edges of their leases and of Redis's memory.
+
+A run whose result Redis refuses (out of memory) is not lost: its entry was acked in the same
+non-atomic batch, as XACK and XDEL still run on a full Redis, and the record said ``running``
+forever; it runs again once memory is freed, and its turn is in the history once. A run whose
+conversation lease lapsed while nobody took it (its loop blocked past the lease) takes it back
+and completes: it was dropped, acked as done while its record said ``running``."""
 
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 import redis.asyncio
-from agents import Agent, Handoff, Tool
+from agents import Agent, Handoff, Tool, function_tool
 from agents.items import TResponseInputItem
-from agents.testing import ModelStep, assistant_message
+from agents.testing import ModelStep, assistant_message, function_call
 
 from runtime import EmbeddedRedis, Keys
 from runtime.agents import AgentApp, AgentClient
@@ -101,3 +105,46 @@ async def test_a_run_whose_result_a_full_redis_refuses_is_not_lost(
         assert await client.xlen(keys.inbox("solo")) == 0
     finally:
         await client.aclose()
+
+
+@function_tool
+async def blocks_the_loop() -> str:
+    """Blocks the event loop past the conversation's lease (a sync call in an async tool)."""
+    time.sleep(2.5)  # noqa: ASYNC251 - the point: the lease (1 s, FAST) lapses meanwhile
+    return "slept"
+
+
+class CallsTheTool(StepModel):
+    """First call: the tool; then the answer. Each call takes 0.6 s, so the run's companion
+    renews the conversation's lease (every lease/3) after the tool blocked the loop."""
+
+    delay = 0.6
+
+    def step(
+        self,
+        instructions: str | None,
+        input: str | list[TResponseInputItem],
+        tools: list[Tool],
+        handoffs: list[Handoff],
+    ) -> ModelStep:
+        if isinstance(input, list) and any(i.get("type") == "function_call_output" for i in input):
+            return ModelStep(output=[assistant_message("after the nap", item_id="m2")])
+        return ModelStep(output=[function_call("blocks_the_loop", {}, call_id="c1")])
+
+
+async def test_a_lapsed_conversation_lease_nobody_took_is_taken_back(
+    client: redis.asyncio.Redis, keys: Keys, redis_url: str
+) -> None:
+    settings = make_settings(redis_url, keys.prefix)  # lease 1 s
+    agent = Agent(name="napper", instructions="Nap.", tools=[blocks_the_loop])
+    app = AgentApp("naps", agents=[agent], model=CallsTheTool())
+    runs = AgentClient(client, keys=keys, settings=settings)
+    async with running_worker(settings, client, serving=app):
+        handle = await runs.run("napper", "nap", session_id="lapsed")
+        result = await handle.result(timeout=30)
+        after = await (await runs.run("napper", "again", session_id="lapsed")).result(30)
+    assert result.status == "completed" and result.final_output == "after the nap"
+    assert after.ok
+    history = await AgentSession("lapsed", client, keys=keys).get_items()
+    users = [i.get("content") for i in history if i.get("role") == "user"]
+    assert users == ["nap", "again"]  # each turn once, in order

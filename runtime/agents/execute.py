@@ -152,7 +152,13 @@ async def _settle_failure(run: Attempt, outcome: BaseException, limit: float) ->
     if isinstance(outcome, Cancelled):
         await _finish(run, "cancelled", error="cancelled while running")
     elif isinstance(outcome, LeaseLost):
-        log.warning("run.lease_lost", run=run.request.run_id)  # the attempt that took it ends it
+        # another attempt holds the conversation: this one writes nothing, keeps the run's
+        # place and leaves its entry to the worker's fenced retry (a no-op when the entry is
+        # another consumer's now), never acked as if the run were done
+        log.warning("run.lease_lost", run=run.request.run_id)
+        raise RetryLater(
+            "another attempt holds the conversation", delay=run.res.turns.lease_seconds
+        )
     elif isinstance(outcome, TimeoutError):
         await _failed(run, f"timed out after {limit:g} s", "RunTimeout")
     elif isinstance(outcome, MaxTurnsExceeded):

@@ -171,10 +171,14 @@ redis.call('HSET', KEYS[1], 'ended', mark .. n)
 return n
 """
 
-# KEYS: lease. ARGV: token, ms → 1 while ours
+# KEYS: lease. ARGV: token, ms → 1 while ours: renewed, or taken back when it lapsed and
+# nobody took it meanwhile (a blocked loop, a Redis that was loading); 0 when another holds it
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 """
