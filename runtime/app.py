@@ -86,8 +86,9 @@ class TaskContext:
         the failure is handled as usual (an ack that did not happen leaves the entry
         pending). Use a transaction (``pipeline(transaction=True)``): in a plain pipeline,
         XACK and XDEL still run on a Redis out of memory that refused the writes before them,
-        and the entry would be acked without its outcome. Returns ``False`` (nothing queued: the worker acks after the handler
-        returns) when the worker does not offer this or the entry's lease was lost.
+        and the entry would be acked without its outcome. Returns ``False`` (nothing queued:
+        the worker acks after the handler returns) when the worker does not offer this or the
+        entry's lease was lost.
         """
         return self.queue_ack(pipe) if self.queue_ack is not None else False
 

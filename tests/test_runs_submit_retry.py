@@ -114,3 +114,22 @@ async def test_a_run_id_of_another_run_writes_nothing_anywhere(
     assert not await client.exists(keys.session_turns("two"))
     record = await runs.handle("shared").status()
     assert record is not None and record.agent == "triage" and record.session_id == "one"
+
+
+async def test_a_retry_after_the_run_ended_writes_nothing(
+    client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings
+) -> None:
+    """The same submit sent again after its run completed (its first reply was lost) draws no
+    new number in the conversation and adds no entry: a number drawn for a run that never
+    comes again held the conversation up."""
+    app, model = make_app()
+    runs = AgentClient(client, keys=keys, settings=agent_settings)
+    async with running_worker(agent_settings, client, serving=app):
+        first = await runs.run("triage", "once", session_id="ended", run_id="ended-1")
+        assert (await first.result(timeout=10)).ok
+        again = await runs.run("triage", "once", session_id="ended", run_id="ended-1")
+        assert again.run_id == "ended-1"
+        assert int(await client.hget(keys.session_turns("ended"), "seq") or 0) == 1
+        assert await client.xlen(keys.inbox("triage")) == 0
+        after = await (await runs.run("triage", "next", session_id="ended")).result(10)
+    assert after.ok and len(model.calls) == 2  # "once" ran once, then "next"

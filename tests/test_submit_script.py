@@ -130,7 +130,7 @@ async def test_both_paths_write_the_same_record_entry_and_turn(
     for run_id in ("py", "lua"):
         assert ttl - 5 < await client.ttl(keys.run(run_id)) <= ttl
         guard = keys.run_submitted("triage", run_id)
-        assert ttl < await client.ttl(guard) <= ttl + agent_settings.runs.timeout_seconds
+        assert ttl - 5 < await client.ttl(guard) <= ttl
     entries = await client.xrange(keys.inbox("triage"))
     assert [await client.get(keys.run_submitted("triage", r)) for r in ("py", "lua")] == [
         entry_id for entry_id, _ in entries

@@ -162,7 +162,8 @@ class AgentClient:
         self._waiters = RunWaiters(client, keys, self._runs)
         # waits in a submit's round trip hold a connection each: a few at once, the rest
         # wait through the shared reader
-        pool_size = getattr(client.connection_pool, "max_connections", 0) or 0
+        pool = getattr(client, "connection_pool", None)  # a cluster client has none
+        pool_size = getattr(pool, "max_connections", 0) or 0
         self._direct_left = min(_DIRECT_WAITS, pool_size // 8)
 
     def handle(self, run_id: str, agent: str = "", session_id: str | None = None) -> RunHandle:

@@ -17,7 +17,6 @@ a replayed dead letter puts its run back to ``queued`` once per replay (:meth:`R
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -171,7 +170,9 @@ class RunStore:
         self._keys = keys
         self._ttl = settings.result_ttl_seconds
         # the guard of a submit outlives the record's first TTL by a run's time limit
-        self._guard_ttl = self._ttl + math.ceil(settings.timeout_seconds)
+        # no longer than the record lasts (it expires with its last write, at the earliest
+        # result_ttl after the submit): a retry while the record is there writes nothing
+        self._guard_ttl = self._ttl
         self._maxlen = settings.events_maxlen
         self._submit_record = client.register_script(_SUBMIT_RECORD)
         self._enqueue_run = client.register_script(_ENQUEUE_RUN)
@@ -213,36 +214,44 @@ class RunStore:
         record = self._keys.run(request.run_id)
         items: list[Any] = ["status", "queued", "agent", request.agent]
         items += ["session_id", request.session_id or "", "submitted_at", request.submitted_at]
-        if not fresh_id and not await self._claim_id(record, request, items):
+        claimed = 1 if fresh_id else await self._claim_id(record, request, items)
+        if not claimed:
             return None
+        guard = self._keys.run_submitted(request.agent, request.run_id)
         batch = Batch()
-        if also is not None:
-            also(batch)
-        if fresh_id:  # a new random id cannot exist: no check, no script
+        if claimed == 2:
+            # this very submit went through before (a retry whose first try's reply was
+            # lost): nothing is written again, not even where its guard or number expired
+            batch.execute_command("GET", guard)
+        elif fresh_id:  # a new random id cannot exist: no check, no script
+            if also is not None:
+                also(batch)
             batch.hset(record, items=items)
             batch.expire(record, self._ttl)
             batch.xadd(inbox, {"envelope": envelope})
         else:
-            guard = self._keys.run_submitted(request.agent, request.run_id)
-            keys = [guard, inbox]
-            queue_script(batch, self._enqueue_run, keys, [envelope, self._guard_ttl])
-        batch.hset(record, "enqueued", 1)
+            if also is not None:
+                also(batch)
+            queue_script(batch, self._enqueue_run, [guard, inbox], [envelope, self._guard_ttl])
+        if claimed != 2:
+            batch.hset(record, "enqueued", 1)
         if wait_ms is not None:
             self._read(batch, request.run_id, "0-0", block_ms=wait_ms, count=_COUNT)
         with translate_errors("submit a run"):
             replies = await run_batch(self._client, batch)
             first_error(replies)
         events = _events(replies.pop()) if wait_ms is not None else []
-        entry_id = replies[-2]
-        return (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)), events
+        entry_id = replies[-1] if claimed == 2 else replies[-2]
+        return (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id or "")), events
 
-    async def _claim_id(self, record: str, request: RunRequest, items: list[Any]) -> bool:
+    async def _claim_id(self, record: str, request: RunRequest, items: list[Any]) -> int:
         """Create the record of a run submitted with an id of the app's own, in a round trip
-        of its own, before anything else is written: ``False`` when another run has the id
-        (nothing is written then, in its conversation or in any inbox)."""
+        of its own, before anything else is written: 0 when another run has the id (nothing
+        is written then, in its conversation or in any inbox), 2 when this very submit went
+        through before, 1 to go on."""
         args = [self._ttl, _fingerprint(request), *items]
         with translate_errors("submit a run"):
-            return bool(await self._submit_record(keys=[record], args=args))
+            return int(await self._submit_record(keys=[record], args=args))
 
     def peek(self, run_id: str, pipe: Any) -> None:
         """Queue the read of what decides whether an attempt may start (see :meth:`peeked`)."""

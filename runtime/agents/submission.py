@@ -22,7 +22,6 @@ Its keys lie in several hash slots: on Redis Cluster the same three steps are se
 
 from __future__ import annotations
 
-import math
 import re
 from importlib import resources
 
@@ -69,5 +68,5 @@ def submit_args(
 ) -> list[bytes | str | int]:
     """The script's ARGV: the key *prefix*, the *request* JSON and the limits the settings
     name (``runs.result_ttl_seconds``, ``runs.timeout_seconds``, ``streams.max_entry_bytes``)."""
-    guard = result_ttl_seconds + math.ceil(timeout_seconds)  # as RunStore's guard
+    guard = result_ttl_seconds  # as RunStore's guard: no longer than the record
     return [prefix, request, result_ttl_seconds, guard, max_entry_bytes]

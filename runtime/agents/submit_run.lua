@@ -12,7 +12,7 @@
 -- ARGV[2]  the run request, a JSON object: run_id, agent (required), input, session_id,
 --          context, max_turns, stream, handoff; not submitted_at nor seq (set here)
 -- ARGV[3]  seconds the record is kept (runs.result_ttl_seconds); '' or absent: 86400
--- ARGV[4]  seconds the guard is kept; '' or absent: ARGV[3] + 120 (+ runs.timeout_seconds)
+-- ARGV[4]  seconds the guard is kept; '' or absent: ARGV[3] (at most as long as the record)
 -- ARGV[5]  the largest envelope in bytes (streams.max_entry_bytes); '' or absent: 1048576
 --
 -- Reply: {'submitted', entry id, seq}: enqueued now; {'duplicate', entry id, seq}: this very
@@ -141,7 +141,7 @@ if session_id ~= nil and not name_ok(session_id) then return refuse('session_id'
 local why = unreadable(request)
 if why then return refuse(why) end
 local ttl = whole_seconds(ARGV[3], 86400)
-local guard_ttl = whole_seconds(ARGV[4], (ttl or 0) + 120)
+local guard_ttl = whole_seconds(ARGV[4], ttl or 0)
 local max_bytes = whole_seconds(ARGV[5], 1048576)
 if not ttl or not guard_ttl or not max_bytes then
   return refuse('ARGV[3], ARGV[4] and ARGV[5] must be whole numbers >= 1 (or empty)')

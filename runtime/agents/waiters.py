@@ -24,16 +24,20 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import redis.asyncio
+import redis.exceptions
 
 from runtime.agents.protocol import RunEvent
 from runtime.agents.runs import RunStore, _events
 from runtime.keys import Keys
+from runtime.log import get_logger
 from runtime.redis.connection import Batch, first_error, run_batch, translate_errors
 
 __all__ = ["COUNT", "RunWaiters"]
 
 COUNT = 500
 """Events read per stream at a time: a batch of this many may be cut short (more follow)."""
+log = get_logger(__name__)
+
 BLOCK_MS = 1000
 """The longest single blocked read."""
 _WAKE_TTL = 60  # seconds the wake-up stream outlives its last wake-up
@@ -192,8 +196,13 @@ class RunWaiters:
         batch = Batch()
         batch.xadd(self._wake_key, {"wake": 1}, maxlen=1, approximate=False)
         batch.expire(self._wake_key, _WAKE_TTL)
-        with translate_errors("wake the run reader"):
+        try:
             first_error(await run_batch(self._client, batch))
+        except redis.exceptions.RedisError as exc:
+            # a full or read-only Redis refuses the write, but reading still works: the read
+            # in flight returns within its block period and the next one covers this wait
+            self._woken = False
+            log.info("runs.reader_not_woken", error=str(exc))
 
 
 def _pairs(reply: Any) -> Any:
