@@ -125,18 +125,26 @@ def configure_logging(
     the runtime's loggers only emit records, which reach whatever handlers the application
     set up, like any library's.
 
-    Like :func:`logging.basicConfig`, it puts one handler on the root logger, so records keep
-    propagating: an app loaded afterwards (a worker's app) that adds handlers of its own, or
-    replaces the root's with ``logging.config.dictConfig``, receives the runtime's records
-    too. Other libraries' records print at the root's level (WARNING by default).
-    Idempotent: calling it again replaces the handler it installed before.
+    Like :func:`logging.basicConfig`, it puts one handler on the root logger, and only when
+    the root has none: a worker process calls it after importing its app, so an app that set
+    up logging at import (``logging.basicConfig(level=…, format=…)``, a handler of its own)
+    keeps its setup, and the runtime's records, which keep propagating, reach its handlers
+    in its format; only the levels of ``runtime`` and ``workers`` are set then. An app that
+    uses :func:`logging.config.dictConfig` must pass ``"disable_existing_loggers": False``
+    (or name the ``runtime`` logger in its configuration): by default dictConfig disables
+    every logger already created, the runtime's included. Other libraries' records print at
+    the root's level (WARNING by default). Idempotent: calling it again replaces the handler
+    it installed before.
     """
+    for name in ("runtime", "workers"):
+        logging.getLogger(name).setLevel(level)
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if h.get_name() == _HANDLER_NAME]
+    if len(ours) < len(root.handlers):
+        return  # the application's own logging setup: keep it
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JSONFormatter() if fmt == "json" else ConsoleFormatter())
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+    for old in ours:
         root.removeHandler(old)
     root.addHandler(handler)
-    for name in ("runtime", "workers"):
-        logging.getLogger(name).setLevel(level)

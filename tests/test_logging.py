@@ -36,8 +36,14 @@ def stream() -> Iterator[io.StringIO]:
         logging.getLogger(name).setLevel(level)
 
 
+def _fresh(stream: io.StringIO, level: str = "INFO", fmt: str = "console") -> None:
+    """configure_logging as in a fresh process: pytest puts capturing handlers on the root."""
+    logging.getLogger().handlers[:] = []
+    configure_logging(level, fmt, stream)
+
+
 def test_console_line(stream: io.StringIO) -> None:
-    configure_logging("INFO", "console", stream)
+    _fresh(stream)
     get_logger("runtime.test").info("redis.started", port=6379, note="two words", ms=1.23456)
     line = stream.getvalue().strip()
     assert line.endswith(
@@ -46,7 +52,7 @@ def test_console_line(stream: io.StringIO) -> None:
 
 
 def test_json_lines_and_levels(stream: io.StringIO) -> None:
-    configure_logging("WARNING", "json", stream)
+    _fresh(stream, "WARNING", "json")
     log = get_logger("runtime.test")
     log.info("hidden")
     log.warning("lease.lost", entry="1-0", url="redis://:pw@h:1/0")
@@ -61,7 +67,7 @@ def test_json_lines_and_levels(stream: io.StringIO) -> None:
 
 
 def test_configure_is_idempotent(stream: io.StringIO) -> None:
-    configure_logging("INFO", "console", stream)
+    _fresh(stream)
     configure_logging("INFO", "console", stream)
     ours = [h for h in logging.getLogger().handlers if h.get_name() == "agents-worker"]
     assert len(ours) == 1
@@ -80,7 +86,7 @@ class _Collect(logging.Handler):
 
 def test_an_apps_own_root_handler_receives_the_runtimes_records(stream: io.StringIO) -> None:
     """configure_logging set propagate=False: an app's handlers never saw our records."""
-    configure_logging("INFO", "console", stream)
+    _fresh(stream)
     app_handler = _Collect()
     logging.getLogger().addHandler(app_handler)  # what an app's logging setup does
     try:
@@ -136,21 +142,17 @@ def test_using_the_library_installs_no_handler_and_keeps_propagation() -> None:
     assert "used" in done.stderr  # logging's last resort: a warning is not lost either
 
 
-def test_a_worker_process_logs_into_its_apps_own_handlers(
-    tmp_path: Path, redis_url: str, key_prefix: str
-) -> None:
-    """The worker configures logging before it imports the app; the app's handler (added at
-    import) must still receive the runtime's records."""
-    log_file = tmp_path / "app.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTS_WORKER_")}
-    env.update(PYTHONPATH=str(ROOT), LOGGING_APP_FILE=str(log_file))
-    command = ["-m", "runtime.worker", "--app", "tests.logging_app:app", "--settings-stdin"]
+def _run_worker(app: str, redis_url: str, key_prefix: str, env: dict[str, str]) -> str:
+    """Start a worker process of *app*, wait for READY, stop it (SIGTERM); its stderr."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("AGENTS_WORKER_")}
+    environ.update(PYTHONPATH=str(ROOT), **env)
+    command = ["-m", "runtime.worker", "--app", app, "--settings-stdin"]
     proc = subprocess.Popen(
         [sys.executable, *command],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=env,
+        env=environ,
         cwd=ROOT,
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -168,10 +170,43 @@ def test_a_worker_process_logs_into_its_apps_own_handlers(
             pipe.close()
         stderr = proc.stderr.read().decode()
         proc.stderr.close()
+    return stderr
+
+
+def test_a_worker_process_logs_into_its_apps_own_handlers(
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> None:
+    """The app's handler (added at import) receives the runtime's records; the worker adds
+    no console handler of its own over the app's setup."""
+    log_file = tmp_path / "app.log"
+    env = {"LOGGING_APP_FILE": str(log_file)}
+    stderr = _run_worker("tests.logging_app:app", redis_url, key_prefix, env)
     lines = [json.loads(line) for line in log_file.read_text().splitlines()]
     events = [line["msg"] for line in lines if line["logger"].startswith("runtime.")]
     assert "worker.ready" in events and "worker.stopped" in events
-    assert "worker.ready" in stderr  # and the process's own console handler still prints
+    assert "worker.ready" not in stderr  # the app's logging setup, not ours on top of it
+
+
+def test_an_apps_basic_config_is_kept_in_a_worker_process(redis_url: str, key_prefix: str) -> None:
+    """The worker configured logging before importing the app: its basicConfig was a silent
+    no-op (its INFO records lost, the runtime's printed in our format, not the app's)."""
+    stderr = _run_worker("tests.logging_basic_app:app", redis_url, key_prefix, {})
+    lines = stderr.splitlines()
+    assert "APPFMT logging_basic_app INFO app imported" in lines
+    assert "APPFMT runtime.worker.consumer INFO worker.ready" in lines
+    assert "APPFMT runtime.worker.consumer INFO worker.stopped" in lines
+    assert not [line for line in lines if "worker.ready" in line and "APPFMT" not in line]
+
+
+def test_configure_keeps_an_existing_root_handler(stream: io.StringIO) -> None:
+    logging.getLogger().handlers[:] = []
+    app_handler = _Collect()
+    logging.getLogger().addHandler(app_handler)  # an app's basicConfig, made first
+    configure_logging("DEBUG", "console", stream)
+    get_logger("runtime.test").debug("lease.renewed", entry="1-0")
+    assert logging.getLogger().handlers == [app_handler]
+    assert [r.getMessage() for r in app_handler.records] == ["lease.renewed"]
+    assert stream.getvalue() == ""
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,10 @@ and exits by itself (:mod:`runtime.worker.process`). The worker answers on its s
 ``READY <pid>`` once it serves, then ``BUSY`` (its first handler started), ``RECYCLE <reason>``,
 ``PAUSED <reason>`` (Redis refuses work: full, read-only, loading…) and ``RESUMED``.
 
+A worker may report ``PAUSED`` before ``READY``: it waits for Redis, it is not failing to start,
+so the ready timeout is suspended until it reports ``RESUMED``; one that then exits (status 75
+after a Redis it could not reach, or killed) ended :attr:`WorkerExit.redis_unavailable`.
+
 Signals go to the pid with :func:`os.kill`, never through :class:`subprocess.Popen`: Popen
 polls (reaps) a child that already exited before it signals it, and asyncio's child watcher
 then reports that child's status as 255 ("Unknown child process pid").
@@ -14,6 +18,7 @@ then reports that child's status as 255 ("Unknown child process pid").
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import time
@@ -25,6 +30,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from runtime.log import get_logger
+from runtime.worker.process import EXIT_REDIS_UNAVAILABLE
 
 __all__ = ["Slot", "WorkerExit", "describe_status", "run_worker", "send_signal"]
 
@@ -48,6 +54,11 @@ class Slot:
     retiring: bool = False
     recycle_reason: str | None = None
     crashes_in_a_row: int = 0
+    redis_waits: int = 0
+    """Workers in a row that ended waiting for Redis before READY (for the backoff)."""
+    fault: str | None = None
+    """The Redis fault this slot's workers reported, kept across their restarts until one
+    reports READY with none: an outage is logged once, not once per restarted worker."""
 
     @property
     def ready(self) -> bool:
@@ -66,10 +77,22 @@ class WorkerExit:
     busy: bool = False
     """It had started running work (an entry may have killed it: its delivery count, not
     the crash-loop rule, deals with that)."""
+    paused: str | None = None
+    """The Redis fault it reported and had not recovered from when it ended."""
+
+    @property
+    def redis_unavailable(self) -> bool:
+        """It ended before READY for want of Redis (exit status 75, or while paused): not a
+        start-up failure of its own."""
+        return self.served is None and (
+            self.status == EXIT_REDIS_UNAVAILABLE or self.paused is not None
+        )
 
     @property
     def reason(self) -> str:
         what = describe_status(self.status)
+        if self.redis_unavailable:
+            return f"{what} before READY, waiting for Redis ({self.paused or 'unavailable'})"
         if self.late:
             return f"did not report READY in time ({what})"
         if self.served is None:
@@ -102,37 +125,37 @@ async def run_worker(
     settings_line: bytes,
     ready_timeout: float,
     on_ready: Callable[[], None],
+    stopping: Callable[[], bool],
 ) -> WorkerExit:
-    """Run one worker process in *slot* until it exits; keep the slot's state current."""
+    """Run one worker process in *slot* until it exits; keep the slot's state current.
+
+    *stopping* says whether the slot should stop (the supervisor stops, or retires the slot):
+    a worker spawned while the supervisor signalled the others gets its SIGTERM too.
+    """
     process = await anyio.open_process(
         command, stdin=-1, stdout=-1, stderr=None, start_new_session=True
     )
     slot.process = process
+    if stopping():  # the stop signals went out while it was being spawned
+        send_signal(process, signal.SIGTERM)
     try:
         assert process.stdin is not None and process.stdout is not None
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             # stdin stays open: it is the liveness pipe the worker watches
             await process.stdin.send(settings_line + b"\n")
         lines = BufferedByteReceiveStream(process.stdout)
-        with anyio.move_on_after(ready_timeout) as waiting:
-            while slot.ready_at is None:
-                line = await _read_line(lines)
-                if line is None:
-                    break
-                if line.startswith("READY"):
-                    slot.ready_at = time.monotonic()
-                else:  # BUSY before READY: it recovered its predecessor's entries first
-                    _status_line(slot, line)
+        late = await _await_ready(slot, lines, ready_timeout)
         if slot.ready_at is None:
             send_signal(process, signal.SIGKILL)
             status = await process.wait()
-            return WorkerExit(status, None, late=waiting.cancelled_caught, busy=slot.busy)
+            return WorkerExit(status, None, late=late, busy=slot.busy, paused=slot.paused)
         log.info("worker.ready", slot=slot.index, pid=process.pid, consumer=slot.consumer)
         on_ready()
         while (line := await _read_line(lines)) is not None:
             _status_line(slot, line)
         status = await process.wait()
-        return WorkerExit(status, time.monotonic() - slot.ready_at, busy=slot.busy)
+        served = time.monotonic() - slot.ready_at
+        return WorkerExit(status, served, busy=slot.busy, paused=slot.paused)
     finally:
         with anyio.CancelScope(shield=True):
             send_signal(process, signal.SIGKILL)
@@ -144,6 +167,30 @@ async def run_worker(
             await process.aclose()
 
 
+async def _await_ready(slot: Slot, lines: BufferedByteReceiveStream, limit: float) -> bool:
+    """Read status lines until READY or the end; returns whether the timeout ran out.
+
+    The timeout runs only while the worker is not paused: one that waits for Redis to
+    come back (reporting PAUSED) is not failing to start.
+    """
+    with anyio.move_on_after(limit) as waiting:
+        while slot.ready_at is None:
+            line = await _read_line(lines)
+            if line is None:
+                break
+            if line.startswith("READY"):
+                slot.ready_at = time.monotonic()
+                if slot.paused is None and slot.fault is not None:
+                    log.info("worker.resumed", slot=slot.index)
+                    slot.fault = None
+                continue
+            _status_line(slot, line)  # BUSY: it recovered its predecessor's entries first
+            if line.startswith(("PAUSED", "RESUMED")):
+                paused = slot.paused is not None
+                waiting.deadline = math.inf if paused else anyio.current_time() + limit
+    return waiting.cancelled_caught
+
+
 def _status_line(slot: Slot, line: str) -> None:
     word, _, rest = line.partition(" ")
     if word == "RECYCLE":
@@ -151,13 +198,13 @@ def _status_line(slot: Slot, line: str) -> None:
     elif word == "BUSY":
         slot.busy = True
     elif word == "PAUSED":
-        if slot.paused is None:
+        if slot.fault is None:
             log.warning("worker.paused", slot=slot.index, reason=rest)
-        slot.paused = rest or "paused"
+        slot.paused = slot.fault = rest or "paused"
     elif word == "RESUMED":
-        if slot.paused is not None:
+        if slot.fault is not None:
             log.info("worker.resumed", slot=slot.index)
-        slot.paused = None
+        slot.paused = slot.fault = None
 
 
 async def _read_line(lines: BufferedByteReceiveStream) -> str | None:

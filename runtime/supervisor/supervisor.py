@@ -6,7 +6,11 @@
 - names each worker ``<host>:<instance>:<slot>``, the instance id made per start: a worker
   restarted in a slot takes back its reaped predecessor's entries at once, and another
   supervisor on the same host never shares a name (:mod:`runtime.worker.process`);
-- restarts a worker that died, with exponential backoff; gives up with a clear error only when
+- restarts a worker that died, with exponential backoff; one that could not start for want of
+  Redis (unreachable, loading, full…: it reports ``PAUSED`` before ``READY`` and is not held
+  to the ready timeout meanwhile, or exits with status 75) is restarted with a backoff of at
+  most 5 s and never counts as a crash: an outage pauses the fleet, it never stops it;
+- gives up with a clear error only when
   workers crash *early* (before READY, or within ``crash_loop_min_uptime_seconds`` of it
   without having started any work) ``crash_loop_restarts`` times within
   ``crash_loop_window_seconds``: a worker that served and was killed (an operator, the OOM
@@ -50,6 +54,9 @@ __all__ = ["Supervisor"]
 log = get_logger(__name__)
 
 _MAX_BACKOFF = 30.0
+_REDIS_BACKOFF = 5.0
+"""At most this long between restarts of a worker that waits for Redis: it serves again
+soon after Redis is back."""
 _KILL_MARGIN = 10.0
 
 
@@ -197,6 +204,10 @@ class Supervisor:
                     log.info("worker.recycled", slot=slot.index, reason=slot.recycle_reason)
                     slot.recycle_reason = None
                     continue
+                if ended.redis_unavailable:
+                    await self._wait_for_redis(slot, ended)
+                    continue
+                slot.redis_waits = 0
                 await self._crashed(slot, ended)
         finally:
             self._slots.pop(slot.index, None)
@@ -226,6 +237,19 @@ class Supervisor:
         with anyio.move_on_after(delay):
             await self._stopping.wait()
 
+    async def _wait_for_redis(self, slot: Slot, ended: WorkerExit) -> None:
+        """Restart a worker that ended waiting for Redis, after a backoff: never a crash.
+
+        Its ``PAUSED`` line was logged (``worker.paused``) once for the slot's outage; each
+        restart while it lasts is logged at debug level only.
+        """
+        slot.redis_waits += 1
+        base = self.settings.supervisor.restart_backoff_seconds
+        delay = min(_REDIS_BACKOFF, base * 2 ** (slot.redis_waits - 1))
+        log.debug("worker.redis_unavailable", slot=slot.index, reason=ended.reason, retry_s=delay)
+        with anyio.move_on_after(delay):
+            await self._stopping.wait()
+
     def _crash_loop(self, slot: Slot, ended: WorkerExit) -> bool:
         """Count an early crash; past the limit, stop with the reason and return True."""
         now = time.monotonic()
@@ -249,7 +273,14 @@ class Supervisor:
             "--slot", str(slot.index), "--consumer", slot.consumer, "--settings-stdin",
         ]  # fmt: skip
         timeout = self.settings.supervisor.ready_timeout_seconds
-        return await run_worker(slot, command, self._child_settings, timeout, self._on_ready)
+        return await run_worker(
+            slot,
+            command,
+            self._child_settings,
+            timeout,
+            self._on_ready,
+            stopping=lambda: self._stopping.is_set() or slot.retiring,
+        )
 
     def _on_ready(self) -> None:
         self._ready_changed.set()  # the event of the moment: wait_ready() makes new ones

@@ -9,6 +9,16 @@ does and gets a consumer name of its own.
 
 Signals: the first SIGTERM or SIGINT drains gracefully and exits 0; a second exits at once.
 
+Redis down, or refusing work (loading, full, read-only…), while the worker starts: the worker
+rides out the error replies (reporting ``PAUSED <reason>`` before ``READY``); when Redis cannot
+be reached, or refuses a start-up step that is not retried, it reports ``PAUSED <reason>`` and
+exits with :data:`EXIT_REDIS_UNAVAILABLE` (75, ``EX_TEMPFAIL``): the supervisor restarts it
+with backoff and never counts that towards its crash loop.
+
+Once the event loop has returned, the process exits at once (:func:`os._exit`): a thread still
+running a plain handler (the thread pool's threads are not daemons) cannot hold a stopped or
+recycled worker alive.
+
 When the supervisor is gone (EOF on stdin, or SIGHUP, which Linux sends on the parent's death:
 a backstop for a pipe whose other end leaked into another process), the worker stops at once:
 it starts nothing new, cancels the handlers still running after
@@ -22,13 +32,15 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import logging
 import os
 import secrets
 import signal
 import socket
 import sys
 import threading
-from typing import TextIO
+import traceback
+from typing import NoReturn, TextIO
 
 import anyio
 import anyio.from_thread
@@ -41,8 +53,10 @@ from runtime.log import configure_logging, get_logger
 from runtime.redis.connection import open_redis
 from runtime.settings import Settings, load_settings
 from runtime.worker.consumer import Worker
+from runtime.worker.faults import classify, describe
 
 __all__ = [
+    "EXIT_REDIS_UNAVAILABLE",
     "ORPHAN_EXIT_SECONDS",
     "ORPHAN_GRACE_SECONDS",
     "consumer_name",
@@ -55,6 +69,8 @@ log = get_logger(__name__)
 EXIT_FAILED = 1
 EXIT_ORPHANED = 1
 EXIT_INTERRUPTED = 130
+EXIT_REDIS_UNAVAILABLE = 75
+"""Redis could not be reached, or refused the start-up, before READY (``EX_TEMPFAIL``)."""
 
 ORPHAN_GRACE_SECONDS = 0.5
 """Once the supervisor is gone, handlers in flight get this long before they are cancelled."""
@@ -151,6 +167,38 @@ async def _serve(app: App, settings: Settings, consumer: str, channel: TextIO | 
     if channel is not None:
         liveness = _Liveness()
         liveness.watch(sys.stdin.fileno())
+    ready: list[bool] = []
+    try:
+        return await _work(app, settings, consumer, channel, liveness, ready)
+    except Exception as exc:  # an ExceptionGroup too: the start-up runs in task groups
+        reason = None if ready else _redis_fault(exc)
+        if reason is None:
+            raise
+    _say(channel, f"PAUSED {reason}")
+    (log.debug if channel is not None else log.warning)(
+        "worker.redis_unavailable", reason=reason, exit_status=EXIT_REDIS_UNAVAILABLE
+    )
+    return EXIT_REDIS_UNAVAILABLE
+
+
+def _redis_fault(exc: BaseException) -> str | None:
+    """The reason, when *exc* (each exception of a group) is a Redis fault; else ``None``."""
+    if isinstance(exc, BaseExceptionGroup):
+        reasons = [_redis_fault(inner) for inner in exc.exceptions]
+        return reasons[0] if reasons and None not in reasons else None
+    # translated at the edge (runtime.errors.RedisError): the cause is redis-py's error
+    kind = classify(exc) or (None if exc.__cause__ is None else classify(exc.__cause__))
+    return None if kind is None else describe(kind)
+
+
+async def _work(
+    app: App,
+    settings: Settings,
+    consumer: str,
+    channel: TextIO | None,
+    liveness: _Liveness | None,
+    ready: list[bool],
+) -> int:
     async with open_redis(settings) as conn:
         worker = Worker(
             app,
@@ -168,6 +216,7 @@ async def _serve(app: App, settings: Settings, consumer: str, channel: TextIO | 
                 tg.start_soon(_stop_when_orphaned, worker, liveness)
             async with anyio.create_task_group() as serving:
                 await serving.start(worker.run)
+                ready.append(True)
                 _say(channel, f"READY {os.getpid()}")
             tg.cancel_scope.cancel()  # worker.run returned: drained and released
     return 0
@@ -214,7 +263,25 @@ def _read_settings_line() -> Settings:
     return msgspec.json.decode(line, type=Settings)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run a worker process; never returns: the process exits with the worker's status."""
+    try:
+        code = _main(argv)
+    except SystemExit as exc:  # argparse: --help, a bad argument
+        code = exc.code if isinstance(exc.code, int) else EXIT_FAILED
+    except BaseException:
+        traceback.print_exc()
+        code = EXIT_FAILED
+    # anyio's worker threads are not daemons: one still running a plain handler (past its
+    # grace period) would keep a stopped process alive after the loop returned
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+def _main(argv: list[str] | None) -> int:
     # replaced by the graceful handler once the worker runs (_watch_signals)
     signal.signal(signal.SIGTERM, _remember_signal)
     signal.signal(signal.SIGINT, _remember_signal)
@@ -234,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             settings = _read_settings_line()
         else:
             settings = load_settings()
-        configure_logging(settings.observability.log_level, settings.observability.log_format)
         app = load_app(args.app)
+        # after the app: a logging setup of its own, made at import, is kept (not overridden)
+        configure_logging(settings.observability.log_level, settings.observability.log_format)
         # The app and its libraries are loaded for good: keep the collector from walking them
         # again and again (full collections of the SDK's objects stall runs for 100+ ms).
         gc.freeze()
