@@ -424,15 +424,18 @@ async def test_a_run_whose_number_arrives_late_waits_for_it(
 async def test_a_run_never_numbered_runs_unordered_after_a_while(
     client: redis.asyncio.Redis, keys: Keys, agent_settings: Settings
 ) -> None:
+    """Its entry was added long ago by Redis's clock (its stream id says when: no client's
+    or worker's clock decides it), and its number was never drawn (the submit failed
+    half-way): it runs, keeping no order."""
     app, _ = make_app()
     runs = client_for(client, keys, agent_settings)
-    long_ago = time.time() - ORPHAN_AFTER - 1  # its submit failed half-way, long ago
-    request = RunRequest(
-        run_id="lost-1", agent="triage", input="lost", session_id="u", submitted_at=long_ago
-    )
+    seconds, _micro = await client.time()
+    long_ago = int((seconds - ORPHAN_AFTER - 1) * 1000)
+    request = RunRequest(run_id="lost-1", agent="triage", input="lost", session_id="u")
     producer = Producer(client, keys=keys, settings=agent_settings)
+    _, raw = producer.build("triage", request, task_id=request.run_id)
+    await client.xadd(keys.inbox("triage"), {"envelope": raw}, id=f"{long_ago}-0")
     async with running_worker(agent_settings, client, serving=app):
-        await producer.enqueue("triage", request, task_id=request.run_id)
         result = await runs.handle("lost-1").result(timeout=10)
         again = await (await runs.run("triage", "after", session_id="u")).result(10)
     assert result.ok and again.ok

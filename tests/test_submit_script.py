@@ -322,7 +322,7 @@ async def test_the_cluster_recipe_submits_a_run_step_by_step(
     entry_ids = []
     for _ in range(2):  # the second time: a retry of the whole sequence changes nothing
         assert await steps["submit_record"](keys=[record], args=[3600, raw, *fields]) in (1, 2)
-        assert await steps["assign"](keys=[turns], args=["steps", now]) == 2
+        assert await steps["assign"](keys=[turns], args=["steps"]) == 2
         entry_ids.append(await steps["enqueue_run"](keys=[guard, inbox], args=[envelope, 3700]))
         await client.hset(record, "enqueued", 1)
     assert entry_ids[0] == entry_ids[1] and await client.xlen(inbox) == 2

@@ -21,12 +21,13 @@
 -- conversation (0: no session, or its turn is over). A request it cannot accept is an error
 -- reply starting with 'ERR submit_run:'; nothing is written then.
 
--- step assign: KEYS: turns. ARGV: run id, now → the run's number (runtime/agents/turns.py)
+-- step assign: KEYS: turns. ARGV: run id → the run's number (runtime/agents/turns.py)
 local function assign(KEYS, ARGV)
 local seq = redis.call('HGET', KEYS[1], 'id:' .. ARGV[1])
 if seq then return tonumber(seq) end
 seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'run:' .. seq, ARGV[1], 'at:' .. seq, ARGV[2], 'id:' .. ARGV[1], seq)
+local at = redis.call('TIME')[1]
+redis.call('HSET', KEYS[1], 'run:' .. seq, ARGV[1], 'at:' .. seq, at, 'id:' .. ARGV[1], seq)
 return seq
 end -- of step assign
 
@@ -179,7 +180,7 @@ if state == 2 then  -- a retry of a submit that went through: nothing to write
   return {'duplicate', redis.call('GET', KEYS[2]) or '', tonumber(seq or 0)}
 end
 local seq = 0
-if session_id ~= nil then seq = assign({KEYS[4]}, {run_id, now}) end
+if session_id ~= nil then seq = assign({KEYS[4]}, {run_id}) end
 local entry_id = enqueue_run({KEYS[2], KEYS[3]}, {envelope, guard_ttl})
 redis.call('HSET', KEYS[1], 'enqueued', 1)
 return {'submitted', entry_id, seq}

@@ -53,17 +53,19 @@ _POLL = 0.02
 _WAIT_WINDOW = 1.0
 _DEFER = 0.1
 
-# KEYS: turns. ARGV: run id, now → seq ("next", the number due, is 1 while unset). Once per
-# run id while its number is in use: a submit sent again keeps the number drawn first.
+# KEYS: turns. ARGV: run id → seq ("next", the number due, is 1 while unset), stamped with
+# Redis's clock. Once per run id while its number is in use: a submit sent again keeps the
+# number drawn first.
 _ASSIGN = """
 local seq = redis.call('HGET', KEYS[1], 'id:' .. ARGV[1])
 if seq then return tonumber(seq) end
 seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'run:' .. seq, ARGV[1], 'at:' .. seq, ARGV[2], 'id:' .. ARGV[1], seq)
+local at = redis.call('TIME')[1]
+redis.call('HSET', KEYS[1], 'run:' .. seq, ARGV[1], 'at:' .. seq, at, 'id:' .. ARGV[1], seq)
 return seq
 """
 
-# KEYS: turns. ARGV: run id, replay marker, now → the replayed run's new number: the next one
+# KEYS: turns. ARGV: run id, replay marker → the replayed run's new number: the next one
 # of the conversation, drawn once per marker; the number it held is given up (the turn moves
 # past it when it is due).
 _REASSIGN = """
@@ -75,25 +77,28 @@ if read[2] then
   if tonumber(read[3] or '1') == old then redis.call('HSET', KEYS[1], 'next', old + 1) end
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'run:' .. seq, ARGV[1], 'at:' .. seq, ARGV[3], 'id:' .. ARGV[1], seq,
+local at = redis.call('TIME')[1]
+redis.call('HSET', KEYS[1], 'run:' .. seq, ARGV[1], 'at:' .. seq, at, 'id:' .. ARGV[1], seq,
            'rp:' .. ARGV[1], ARGV[2])
 return seq
 """
 
 # KEYS: turns, lease, session items. ARGV: seq ('' = the number drawn for the run id,
 # '0' = none), token, lease ms, run id.
-# → {state, next, blocking run id, its assign time, seq, history (when the turn was taken)}
+# → {state, next, blocking run id, seconds since its number was drawn ('wait') or Redis's
+# time now ('unassigned'), seq, history (when the turn was taken)} — ages by Redis's clock
 _TRY = """
 local read = redis.call('HMGET', KEYS[1], 'next', 'id:' .. ARGV[4])
 local nxt, seq = tonumber(read[1] or '1'), ARGV[1]
 if seq == '' then
   seq = read[2]
-  if not seq then return {'unassigned', 0, '', '0', 0, {}} end
+  if not seq then return {'unassigned', 0, '', redis.call('TIME')[1], 0, {}} end
 end
 seq = tonumber(seq)
 if seq > nxt then
+  local at = tonumber(redis.call('HGET', KEYS[1], 'at:' .. nxt) or '0')
   return {'wait', nxt, redis.call('HGET', KEYS[1], 'run:' .. nxt) or '',
-          redis.call('HGET', KEYS[1], 'at:' .. nxt) or '0', seq, {}}
+          tostring(redis.call('TIME')[1] - at), seq, {}}
 end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[2] then return {'busy', nxt, '', '0', seq, {}} end
@@ -237,8 +242,7 @@ class SessionTurns:
         """Queue on *pipe* the draw of the next number of *session_id* for *run_id* (at
         submit); the worker looks the number up by the run's id. Idempotent: while the run
         holds a number, drawing again gives it that number."""
-        keys, args = [self._keys.session_turns(session_id)], [run_id, time.time()]
-        queue_script(pipe, self._assign, keys, args)
+        queue_script(pipe, self._assign, [self._keys.session_turns(session_id)], [run_id])
 
     async def reassign(self, session_id: str, run_id: str, marker: str) -> int:
         """Give a replayed run (*marker*: the replay) the conversation's next number, once
@@ -250,7 +254,7 @@ class SessionTurns:
         """
         keys = [self._keys.session_turns(session_id)]
         with translate_errors("renumber a replayed run"):
-            return int(await self._reassign(keys=keys, args=[run_id, marker, time.time()]))
+            return int(await self._reassign(keys=keys, args=[run_id, marker]))
 
     async def acquire(
         self,
@@ -260,13 +264,15 @@ class SessionTurns:
         runs: RunStore,
         *,
         seq: int | None = None,
-        submitted_at: float = 0.0,
+        enqueued_at: float = 0.0,
     ) -> Turn:
         """Wait (briefly) until it is this run's turn; take the lease and read the history.
 
         Each try is one round trip that also reads the run's record (:meth:`RunStore.peek`),
         so a run that is over or cancelled is seen at once. *seq* is the run's number when
-        the entry carries it; otherwise it is looked up by *run_id*.
+        the entry carries it; otherwise it is looked up by *run_id*. *enqueued_at* is when
+        its entry was added, by Redis's clock (its stream id), for a run whose number never
+        came.
 
         Raises:
             Defer: not its turn within the wait window; the entry is put back for later.
@@ -288,7 +294,7 @@ class SessionTurns:
                 replies = await run_batch(self._client, batch, resend=True)
                 first_error(replies)
                 reply, record = replies
-            state, nxt, blocker, assigned_at = (_text(x) for x in reply[:4])
+            state, nxt, blocker, when = (_text(x) for x in reply[:4])
             if state in ("ok", "passed"):
                 return Turn(
                     session_id, int(reply[4]), lease, token, passed=state == "passed",
@@ -298,14 +304,14 @@ class SessionTurns:
                 # over already, or cancelled before it started: it needs no turn (when its
                 # number comes up, the run holding the turn up is seen to be over)
                 return Turn(session_id, int(reply[4]), lease, token, holds=False, state=verdict)
-            if state == "unassigned" and time.time() - submitted_at > ORPHAN_AFTER:
+            if state == "unassigned" and float(when) - enqueued_at > ORPHAN_AFTER:
                 # its number was never drawn (the submit failed half-way): keep no order
                 log.warning("turn.unassigned", session=session_id, run=run_id)
                 order = "0"
                 continue
             if state == "wait":
                 # no run holds the number due (a replayed run gave it up): pass it over
-                why = await self._over(blocker, float(assigned_at), runs) if blocker else "freed"
+                why = await self._over(blocker, float(when), runs) if blocker else "freed"
                 if why is not None:
                     # "finished": its worker is ending the turn right now; "orphaned": it
                     # can never come
@@ -318,17 +324,18 @@ class SessionTurns:
                 raise Defer(f"waiting for turn {nxt} of session {session_id!r}", delay=_DEFER)
             await anyio.sleep(_POLL)
 
-    async def _over(self, run_id: str, assigned_at: float, runs: RunStore) -> str | None:
-        """Why the run holding up the turn will not take it: "finished", "orphaned" or None."""
-        old = time.time() - assigned_at > ORPHAN_AFTER
+    async def _over(self, run_id: str, age: float, runs: RunStore) -> str | None:
+        """Why the run holding up the turn will not take it: "finished", "orphaned" or None.
+        *age*: seconds since its number was drawn, by Redis's clock (no client's or worker's
+        clock decides that a run will never come)."""
+        old = age > ORPHAN_AFTER
         status = await runs.status(run_id) if run_id else {}
         if status.get("status") in TERMINAL_STATUS:
             return "finished"
         if not status:  # no record: never submitted completely, or long expired
             return "orphaned" if old else None
-        submitted = float(status.get("submitted_at") or 0)
         never_enqueued = status.get("status") == "queued" and "enqueued" not in status
-        return "orphaned" if never_enqueued and time.time() - submitted > ORPHAN_AFTER else None
+        return "orphaned" if never_enqueued and old else None
 
     async def renew(self, turn: Turn) -> bool:
         """Extend the lease; ``False`` when it was lost (another attempt holds the session)."""
