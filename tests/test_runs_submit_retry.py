@@ -3,6 +3,7 @@ executes exactly once, and a conversation keeps its submit order (issue 10, item
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pytest
@@ -13,7 +14,7 @@ from runtime.agents import AgentClient, RunHandle
 from runtime.sessions import AgentSession
 from tests.agent_apps import make_app
 from tests.conftest import make_settings
-from tests.helpers import running_worker
+from tests.helpers import running_worker, wait_until
 from tests.runs_faults import FaultyProxy
 
 pytestmark = pytest.mark.anyio
@@ -133,3 +134,51 @@ async def test_a_retry_after_the_run_ended_writes_nothing(
         assert await client.xlen(keys.inbox("triage")) == 0
         after = await (await runs.run("triage", "next", session_id="ended")).result(10)
     assert after.ok and len(model.calls) == 2  # "once" ran once, then "next"
+
+
+async def test_a_client_a_minute_behind_does_not_lose_its_place_in_the_conversation(
+    client: redis.asyncio.Redis,
+    keys: Keys,
+    agent_settings: Settings,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A submit from a client whose clock is a minute behind is cut after its number was
+    drawn; a later run of the conversation waits for it (by Redis's clock the number is new)
+    instead of taking it for an orphan at once; the documented retry then runs it first."""
+    app, _ = make_app()
+    real = time.time
+    async with FaultyProxy(redis_url) as proxy:
+        late = redis.asyncio.Redis.from_url(proxy.url)
+        try:
+            monkeypatch.setattr(time, "time", lambda: real() - 60)
+            behind = AgentClient(late, keys=keys, settings=agent_settings)
+            proxy.cut(b"skewed-1", b"HINCRBY", after=1)  # the batch: its number, then cut
+            with pytest.raises(RedisConnectionError):
+                await behind.run("triage", "first", session_id="skew", run_id="skewed-1")
+            monkeypatch.setattr(time, "time", real)
+            runs = AgentClient(client, keys=keys, settings=agent_settings)
+            second = await runs.run("triage", "second", session_id="skew")
+            async with running_worker(agent_settings, client, serving=app):
+
+                async def decided() -> bool:  # put back to wait (read again), or run already
+                    status = await second.status()
+                    done = status is not None and status.status == "completed"
+                    return done or await _entries_read(client, keys, 2)
+
+                await wait_until(decided, limit=20, what="the second run to wait or run")
+                monkeypatch.setattr(time, "time", lambda: real() - 60)
+                first = await behind.run("triage", "first", session_id="skew", run_id="skewed-1")
+                monkeypatch.setattr(time, "time", real)
+                assert (await first.result(timeout=20)).ok
+                assert (await second.result(timeout=20)).ok
+        finally:
+            monkeypatch.setattr(time, "time", real)
+            await late.aclose()
+    history = await AgentSession("skew", client, keys=keys).get_items()
+    assert [i.get("content") for i in history if i.get("role") == "user"] == ["first", "second"]
+
+
+async def _entries_read(client: redis.asyncio.Redis, keys: Keys, n: int) -> bool:
+    groups = await client.xinfo_groups(keys.inbox("triage"))
+    return bool(groups) and int(groups[0].get("entries-read") or 0) >= n
