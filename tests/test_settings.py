@@ -229,3 +229,14 @@ def test_settings_are_frozen(clean_env: Path) -> None:
 def test_block_must_be_shorter_than_socket_timeout(clean_env: Path) -> None:
     with pytest.raises(ConfigError, match=r"worker\.block_ms \(6000\) must be shorter"):
         load_settings(env={"AGENTS_WORKER_WORKER_BLOCK_MS": "6000"})
+
+
+def test_socket_timeout_must_outlast_a_wait_for_a_run(clean_env: Path) -> None:
+    """A wait for an agent run blocks up to 1 s per read: a shorter socket timeout would make
+    every idle wait fail (and run_and_wait raise after its submit went through)."""
+    with pytest.raises(ConfigError, match=r"redis\.socket_timeout \(1 s\) must be more than"):
+        load_settings(
+            env={"AGENTS_WORKER_REDIS_SOCKET_TIMEOUT": "1", "AGENTS_WORKER_WORKER_BLOCK_MS": "500"}
+        )
+    fine = {"AGENTS_WORKER_REDIS_SOCKET_TIMEOUT": "1.5", "AGENTS_WORKER_WORKER_BLOCK_MS": "500"}
+    assert load_settings(env=fine).redis.socket_timeout == 1.5

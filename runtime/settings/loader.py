@@ -262,6 +262,9 @@ def _nest(values: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
+_RUN_WAIT_BLOCK_S = 1.0  # runtime.agents.waiters.BLOCK_MS (the settings sit below the agents)
+
+
 def _check_semantics(settings: Settings, sources: Mapping[str, str]) -> None:
     url = settings.redis.url
     if url is not None:
@@ -273,6 +276,13 @@ def _check_semantics(settings: Settings, sources: Mapping[str, str]) -> None:
             f"{sources['worker.block_ms']}: worker.block_ms ({settings.worker.block_ms}) must be "
             f"shorter than redis.socket_timeout ({settings.redis.socket_timeout:g} s), or every "
             "idle read would time out"
+        )
+    if settings.redis.socket_timeout <= _RUN_WAIT_BLOCK_S * 1.2:
+        raise ConfigError(
+            f"{sources['redis.socket_timeout']}: redis.socket_timeout "
+            f"({settings.redis.socket_timeout:g} s) must be more than "
+            f"{_RUN_WAIT_BLOCK_S * 1.2:g} s: a wait for an agent run blocks on Redis for up to "
+            f"{_RUN_WAIT_BLOCK_S:g} s at a time"
         )
     try:
         validate_prefix(settings.redis.key_prefix)
