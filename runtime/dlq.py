@@ -9,9 +9,12 @@ A replay puts the envelope back with its attempt count reset, so it gets every t
 moving one letter is atomic (it is deleted from the dead-letter stream as it is re-enqueued).
 The envelope put back carries the header ``aw-replay: <letter id>`` (:data:`REPLAY_HEADER`),
 so what a handler keeps of its own (an agent run's record, which says ``failed`` already) can
-tell a replayed entry from a redelivered one. ``replay(..., after_move=…)`` calls back a
-layer above for each letter moved (``agents-worker dlq replay`` puts agent runs back to
-``queued`` that way); the entry may be taken by a worker before or after the callback runs.
+tell a replayed entry from a redelivered one. The envelope put back is no longer than the
+letter's: its ``last_error`` is cut (or dropped) to make room for the header, so a replay does
+not push an envelope at ``streams.max_entry_bytes`` over it. ``replay(..., after_move=…)``
+calls back a layer above for each letter moved (``agents-worker dlq replay`` puts agent runs
+back to ``queued`` that way); the entry may be taken by a worker before or after the callback
+runs.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 import msgspec
 import redis.asyncio
 
-from runtime.envelope import ENVELOPE_FIELD, Envelope, MalformedEntry, decode_entry, encode_envelope
+from runtime.envelope import ENVELOPE_FIELD, Envelope, MalformedEntry, decode_entry, encode_within
 from runtime.keys import Keys
 from runtime.redis.connection import translate_errors
 from runtime.scripts import Scripts
@@ -148,7 +151,7 @@ class DeadLetters:
             with translate_errors("replay a dead letter"):
                 new_id = await self._scripts.replay(
                     keys=[self._keys.dlq(target), self._keys.inbox(target)],
-                    args=[letter.id, encode_envelope(fresh)],
+                    args=[letter.id, encode_within(fresh, len(letter.envelope))],
                 )
             if new_id is None:
                 result.skipped[letter.id] = "already replayed or purged"

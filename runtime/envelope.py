@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "ENVELOPE_ALLOWANCE",
     "ENVELOPE_FIELD",
     "SCHEMA_VERSION",
     "Envelope",
@@ -24,11 +25,19 @@ __all__ = [
     "Reason",
     "decode_entry",
     "encode_envelope",
+    "encode_within",
     "new_task_id",
 ]
 
 SCHEMA_VERSION = 1
 ENVELOPE_FIELD = b"envelope"
+ENVELOPE_ALLOWANCE = 128
+"""Bytes over ``streams.max_entry_bytes`` that :func:`decode_entry` still accepts: room for
+what the runtime itself adds to an envelope it accepted (the ``attempt`` count of a retry, the
+``aw-replay`` header of a replay), so that an envelope at the limit is not refused as
+``oversized`` after one failure. The runtime's ``last_error`` is cut to fit the limit itself
+(:func:`encode_within`)."""
+_CUT_MARK = "… (cut to fit streams.max_entry_bytes)"
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -65,7 +74,8 @@ class Reason(enum.StrEnum):
     """The entry cannot be read: no ``envelope`` field, not JSON, a field of the wrong type
     or out of range (``attempt`` outside 0..max_deliveries), nested too deeply…"""
     OVERSIZED = "oversized"
-    """The envelope is over ``streams.max_entry_bytes`` (the letter keeps a preview)."""
+    """The envelope is over ``streams.max_entry_bytes``; the letter keeps it whole when it
+    decodes (up to a few times the limit), else a preview."""
     UNSUPPORTED_VERSION = "unsupported_version"
     """The envelope's schema version ``v`` is not one this worker reads."""
     MAX_DELIVERIES = "max_deliveries"
@@ -112,13 +122,48 @@ def encode_envelope(envelope: Envelope) -> bytes:
     return _encoder.encode(envelope)
 
 
+def encode_within(envelope: Envelope, max_bytes: int) -> bytes:
+    """The encoded *envelope*, its ``last_error`` cut (or, if need be, dropped) so that it is
+    at most *max_bytes* long when it can be; nothing else is changed, so an envelope over
+    *max_bytes* without its ``last_error`` stays over."""
+    raw = encode_envelope(envelope)
+    error = envelope.last_error
+    if len(raw) <= max_bytes or error is None:
+        return raw
+    bare = encode_envelope(msgspec.structs.replace(envelope, last_error=None))
+    room = max_bytes - len(bare) - len(b',"last_error":')
+    keep = _longest_prefix(error, room)
+    if keep is None:
+        return bare
+    return encode_envelope(msgspec.structs.replace(envelope, last_error=keep))
+
+
+def _longest_prefix(text: str, room: int) -> str | None:
+    """The longest cut of *text* (marked as cut) whose JSON string is at most *room* bytes."""
+
+    def size(n: int) -> int:
+        return len(_encoder.encode(text[:n] + _CUT_MARK))
+
+    if size(0) > room:
+        return None
+    low, high = 0, len(text)  # size(low) fits; find the largest n that does
+    while low < high:
+        middle = (low + high + 1) // 2
+        if size(middle) <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low] + _CUT_MARK
+
+
 def decode_entry(
     fields: dict[bytes, bytes], *, max_bytes: int, max_attempt: int | None = None
 ) -> Envelope:
     """Decode and validate the fields of one stream entry.
 
     Every failure to decode becomes :class:`MalformedEntry`, whatever the decoder raised (a
-    1,000-deep JSON document raises ``RecursionError``, for one).
+    1,000-deep JSON document raises ``RecursionError``, for one). An envelope up to
+    :data:`ENVELOPE_ALLOWANCE` bytes over *max_bytes* is accepted (what the runtime adds).
 
     Raises:
         MalformedEntry: missing field, oversized, not JSON, wrong schema or version, an
@@ -128,7 +173,7 @@ def decode_entry(
     if raw is None:
         names = ", ".join(sorted(k.decode(errors="replace")[:100] for k in list(fields)[:20]))
         raise MalformedEntry(Reason.MALFORMED, f"no 'envelope' field (fields: {names or 'none'})")
-    if len(raw) > max_bytes:
+    if len(raw) > max_bytes + ENVELOPE_ALLOWANCE:
         raise MalformedEntry(
             Reason.OVERSIZED, f"{len(raw)} bytes, over streams.max_entry_bytes ({max_bytes})"
         )

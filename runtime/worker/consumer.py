@@ -30,7 +30,7 @@ import redis.asyncio
 import redis.exceptions
 from anyio.abc import TaskStatus
 
-from runtime.app import App, DeadLetterContext, Handler, TaskContext
+from runtime.app import App, Handler, TaskContext
 from runtime.envelope import Envelope, MalformedEntry, Reason, decode_entry
 from runtime.errors import Defer, PermanentError, RetryLater
 from runtime.keys import Keys
@@ -49,6 +49,7 @@ from runtime.worker.invoke import (
 )
 from runtime.worker.leases import Leases
 from runtime.worker.outcome import Entry, Outcomes, WorkerStats
+from runtime.worker.settle import Settler
 from runtime.worker.slots import Slots
 
 __all__ = ["Worker", "WorkerStats"]
@@ -56,6 +57,7 @@ __all__ = ["Worker", "WorkerStats"]
 log = get_logger(__name__)
 
 _CLEANUP_EVERY = 60.0
+_SALVAGE_FACTOR = 4  # an oversized envelope up to 4 × the limit is decoded, kept whole
 
 
 class Worker:
@@ -129,6 +131,16 @@ class Worker:
             stats=self.stats,
             renew_if_late=self._leases.renew_if_late,
         )
+        self._settler = Settler(
+            client,
+            settings,
+            keys=self.keys,
+            outcomes=self._outcomes,
+            faults=self._faults,
+            leases=self._leases,
+            handlers={s: app.handlers[t] for s, t in self._targets.items()},
+            redis_now=self._now,
+        )
         self._stopping = anyio.Event()
         self._grace = self._cfg.shutdown_grace_seconds
         self._drain_scope: anyio.CancelScope | None = None
@@ -165,9 +177,10 @@ class Worker:
         """Serve until stopped, then drain within the grace period and release the rest."""
         await self._start_up()
         self._leases.renewed_at = anyio.current_time()
+        renewing = anyio.CancelScope()
         async with anyio.create_task_group() as services:
             services.start_soon(self._outcomes.ack_loop)
-            services.start_soon(self._forever, "renew", self._renew_leases)
+            services.start_soon(self._renewing, renewing)
             async with anyio.create_task_group() as handlers:
                 for _ in range(self._cfg.concurrency):
                     handlers.start_soon(self._handler_loop)
@@ -176,7 +189,7 @@ class Worker:
                     intake.start_soon(self._forever, "read", self._intake.read)
                     intake.start_soon(self._forever, "reclaim", self._intake.reclaim_all)
                     intake.start_soon(self._forever, "move_due", self._intake.move_due)
-                    intake.start_soon(self._forever, "cleanup", self._cleanup)
+                    intake.start_soon(self._cleanup)
                     log.info(
                         "worker.ready",
                         consumer=self.consumer,
@@ -188,6 +201,7 @@ class Worker:
                     intake.cancel_scope.cancel()
                 await self._drain(handlers.cancel_scope)
             with anyio.CancelScope(shield=True):
+                renewing.cancel()  # a renewal after the release would undo it
                 await self._outcomes.release_all()
                 self._slots.inflight.clear()
                 self._slots.acking.clear()
@@ -223,10 +237,12 @@ class Worker:
                 await self._slots.wait_freed()
         handlers.cancel()
 
-    async def _forever(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
-        """Run *step* again and again; ride out Redis faults (backing off, with jitter) and a
-        deleted inbox (its group made again) instead of dying. Other refusals are bugs or
-        misconfiguration: raised."""
+    async def _forever(
+        self, name: str, step: Callable[[], Awaitable[None]], *, once: bool = False
+    ) -> None:
+        """Run *step* again and again (with *once*, until it succeeded once); ride out Redis
+        faults (backing off, with jitter) and a deleted inbox (its group made again) instead
+        of dying. Other refusals are bugs or misconfiguration: raised."""
         failures = 0
         regroup = False
         while True:
@@ -250,10 +266,24 @@ class Worker:
             else:
                 failures = 0
                 self._faults.succeeded(name)
+                if once:
+                    return
+
+    async def _renewing(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self._forever("renew", self._renew_leases)
 
     async def _cleanup(self) -> None:
-        await anyio.sleep(_CLEANUP_EVERY)
-        await self.remove_dead_consumers(max(10 * int(self._cfg.lease_seconds * 1000), 60_000))
+        """Remove dead consumers every ``_CLEANUP_EVERY`` seconds; the wait is outside the
+        fault-tracked step, so a fault episode ends when a removal works, not a period later."""
+        min_idle_ms = max(10 * int(self._cfg.lease_seconds * 1000), 60_000)
+
+        async def remove() -> None:
+            await self.remove_dead_consumers(min_idle_ms)
+
+        while True:
+            await anyio.sleep(_CLEANUP_EVERY)
+            await self._forever("cleanup", remove, once=True)
 
     async def remove_dead_consumers(self, min_idle_ms: int) -> list[str]:
         """Delete consumers idle for *min_idle_ms* that own no pending entry; return their names."""
@@ -277,6 +307,8 @@ class Worker:
             slots.done(entry)
 
     async def _handle(self, entry: Entry) -> None:
+        if entry.lost:  # another worker took it while it waited for this loop: not ours
+            return
         max_deliveries = self._cfg.max_deliveries
         # counted before decoding: an entry that breaks its worker is dead-lettered all the same
         worn_out = entry.deliveries > max_deliveries
@@ -287,7 +319,8 @@ class Worker:
                 max_attempt=max_deliveries,
             )
         except MalformedEntry as exc:
-            await self._dead_letter(entry, None, exc.code, exc.detail)
+            salvaged = self._salvage(entry) if exc.code == Reason.OVERSIZED else None
+            await self._settler.dead_letter(entry, salvaged, exc.code, exc.detail)
             return
         tries = envelope.attempt + entry.deliveries
         if worn_out or tries > max_deliveries:
@@ -296,22 +329,33 @@ class Worker:
                 f"{envelope.attempt} failed attempts (worker.max_deliveries = {max_deliveries})"
             )
             error = envelope.last_error or "the worker running it died or hung"
-            await self._dead_letter(entry, envelope, Reason.MAX_DELIVERIES, detail, error)
+            await self._settler.dead_letter(entry, envelope, Reason.MAX_DELIVERIES, detail, error)
             return
         refusal = self._refusal(entry, envelope)
         if refusal is not None:
-            await self._dead_letter(entry, envelope, *refusal)
+            await self._settler.dead_letter(entry, envelope, *refusal)
             return
         handler = self.app.handlers[envelope.target]
         try:
             payload = convert_payload(envelope.payload, handler.payload_type)
         except Exception as exc:  # msgspec.ValidationError, or a payload too deep to convert
             detail = f"the payload does not convert to {payload_type_name(handler.payload_type)}"
-            await self._dead_letter(
+            await self._settler.dead_letter(
                 entry, envelope, Reason.INVALID_PAYLOAD, detail, error_text(exc)
             )
             return
         await self._run(entry, envelope, handler, payload, tries)
+
+    def _salvage(self, entry: Entry) -> Envelope | None:
+        """An oversized entry's envelope if it decodes (to keep it whole in the letter)."""
+        try:
+            return decode_entry(
+                entry.fields,
+                max_bytes=_SALVAGE_FACTOR * self.settings.streams.max_entry_bytes,
+                max_attempt=self._cfg.max_deliveries,
+            )
+        except MalformedEntry:
+            return None
 
     def _refusal(self, entry: Entry, envelope: Envelope) -> tuple[Reason, str] | None:
         """Why *envelope* must not run (reason and detail), or ``None``."""
@@ -347,7 +391,7 @@ class Worker:
         except TimedOut as exc:
             await self._failed(entry, envelope, tries, str(exc), None)
         except PermanentError as exc:
-            await self._dead_letter(
+            await self._settler.dead_letter(
                 entry, envelope, Reason.PERMANENT, "the handler raised PermanentError",
                 describe_error(exc),
             )  # fmt: skip
@@ -357,8 +401,10 @@ class Worker:
             self.stats.handled -= 1  # not an attempt
             wait = exc.delay
             if not entry.lost:
-                await self._settle(
-                    entry, lambda: self._outcomes.retry(entry, envelope, None, wait, count=False)
+                await self._settler.settle(
+                    entry,
+                    lambda: self._outcomes.retry(entry, envelope, None, wait, count=False),
+                    self._settler.gone(entry),
                 )
         except Exception as exc:
             log.warning("task.failed", target=envelope.target, task=envelope.id, error=repr(exc))
@@ -395,67 +441,18 @@ class Worker:
             return
         if tries >= self._cfg.max_deliveries:
             detail = f"failed {tries} times (worker.max_deliveries = {self._cfg.max_deliveries})"
-            await self._dead_letter(entry, envelope, Reason.FAILED, detail, error)
+            await self._settler.dead_letter(entry, envelope, Reason.FAILED, detail, error)
             return
         if delay is None:
             cfg = self._cfg
             delay = _backoff(
                 envelope.attempt, cfg.retry_backoff_seconds, cfg.retry_backoff_max_seconds
             )
-        await self._settle(entry, lambda: self._outcomes.retry(entry, envelope, error, delay))
-
-    async def _dead_letter(
-        self,
-        entry: Entry,
-        envelope: Envelope | None,
-        reason: Reason,
-        detail: str,
-        error: str | None = None,
-    ) -> None:
-        if entry.lost:
-            return
-        written = await self._settle(
-            entry, lambda: self._outcomes.dead_letter(entry, envelope, reason, detail, error)
+        await self._settler.settle(
+            entry,
+            lambda: self._outcomes.retry(entry, envelope, error, delay),
+            self._settler.gone(entry),
         )
-        hook = self.app.handlers[self._targets[entry.stream]].on_dead_letter
-        if written and hook is not None and envelope is not None:
-            info = DeadLetterContext(
-                envelope, str(reason), error, self.client, self.keys, self.settings, detail
-            )
-            try:
-                await hook(info)
-            except Exception:  # the letter is written; a failing hook must not undo that
-                log.exception("dead_letter.hook_failed", target=envelope.target)
-
-    async def _settle(self, entry: Entry, write: Callable[[], Awaitable[bool]]) -> bool:
-        """Write an outcome with a fenced script; ``False`` when the lease was lost.
-
-        While Redis refuses it with a fault (out of memory, loading…) it is tried again after
-        a backoff, the entry kept in flight and its lease renewed, so nothing is lost and
-        nothing runs twice; it ends when it is written, the lease is lost or shutdown cancels
-        it (the entry is then released with the rest).
-        """
-        caller = f"outcome {entry.entry_id.decode()}"
-        failures = 0
-        try:
-            while not entry.lost:
-                try:
-                    settled = await write()
-                except redis.exceptions.RedisError as exc:
-                    kind = classify(exc)
-                    if kind is None:
-                        raise
-                    failures += 1
-                    self._faults.failed(caller, exc, kind)
-                    await anyio.sleep(backoff(failures))
-                    continue
-                self._faults.succeeded(caller)
-                if not settled:
-                    self._leases.lost(entry)
-                return bool(settled)
-            return False
-        finally:
-            self._faults.forget(caller)
 
     def _maybe_recycle(self) -> None:
         limit = self._cfg.max_entries

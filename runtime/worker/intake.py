@@ -157,8 +157,11 @@ class Intake:
     async def _admit_claimed(self, stream: bytes, live: list[tuple[bytes, Any]]) -> None:
         # Sorted out as the reply comes, before any await: an entry held here now was held
         # when Redis claimed it; one that is not may have been acked since the claim, so it
-        # is admitted only if XPENDING (sent after) still shows it pending for us.
-        running = [e for i, _ in live if (e := self._slots.get(stream, i)) is not None]
+        # is admitted only if XPENDING (sent after) still shows it pending for us. A held
+        # entry whose lease was lost (another worker took it) is no copy running here: its
+        # claim, and the deliveries counted meanwhile, stand; it is reclaimed once let go.
+        held = [e for i, _ in live if (e := self._slots.get(stream, i)) is not None]
+        running = [e for e in held if not e.lost]
         new = [(i, f) for i, f in live if self._slots.get(stream, i) is None]
         if running:
             await self._keep_running(stream, running)

@@ -42,7 +42,8 @@ class Leases:
         self._stats = stats
         self.every = lease_seconds / 3
         self.renewed_at = 0.0
-        """Event-loop time of the last renewal (its start)."""
+        """Event-loop time of the last successful renewal (its start): a renewal that failed
+        (Redis unreachable…) leaves it, so the next one, when Redis is back, comes at once."""
 
     async def next_renewal(self) -> None:
         """Wait for the next renewal (timed from the last one: a loop that woke up late renews
@@ -58,7 +59,7 @@ class Leases:
             await self.renew()
 
     async def renew(self) -> None:
-        self.renewed_at = anyio.current_time()
+        began = anyio.current_time()
         by_stream: dict[bytes, list[bytes]] = {}
         for entry in self._slots.held():
             if not entry.lost:
@@ -72,10 +73,14 @@ class Leases:
                 for entry_id in lost:
                     gone = self._slots.get(stream, entry_id)
                     # not pending because it was acked (by its handler, TaskContext.ack_in,
-                    # which has yet to return; or by an ack flush we have yet to hear of):
-                    # done with, not lost
-                    if gone is not None and not (gone.acked_by_handler or gone.ack_queued):
+                    # which has yet to return; or by an ack flush we have yet to hear of), or
+                    # settled by an outcome whose reply we have yet to hear of (that outcome
+                    # tells whether the lease was lost): done with, not lost
+                    if gone is not None and not (
+                        gone.acked_by_handler or gone.ack_queued or gone.settling
+                    ):
                         self.lost(gone)
+        self.renewed_at = began
 
     def lost(self, entry: Entry) -> None:
         """Another consumer owns *entry* now: settle nothing, stop its handler."""

@@ -6,8 +6,9 @@ each one fenced Lua script; a release makes what a worker still holds claimable 
 fenced script that finds the entry no longer ours returns ``False``: its lease was lost and
 another worker owns it now.
 
-A dead letter keeps the entry's original fields, bounded: a valid envelope as it was (it is
-at most ``streams.max_entry_bytes``, and a replay needs it whole); any other value cut to a
+A dead letter keeps the entry's original fields, bounded: an envelope that decodes as it was
+(a replay needs it whole; the worker decodes an oversized one up to a few times the limit to
+keep it); any other value cut to a
 preview of :data:`PREVIEW_BYTES` followed by ``… (N bytes cut)``, with its original size in a
 field ``<name>_bytes``; at most :data:`MAX_COPIED_FIELDS` fields.
 """
@@ -23,7 +24,7 @@ import msgspec
 import redis.asyncio
 import redis.exceptions
 
-from runtime.envelope import ENVELOPE_FIELD, Envelope, Reason, encode_envelope
+from runtime.envelope import ENVELOPE_FIELD, Envelope, Reason, encode_within
 from runtime.keys import Keys
 from runtime.log import get_logger
 from runtime.scripts import Scripts
@@ -76,6 +77,9 @@ class Entry:
     """Its handler queued the ack with its own last write (:meth:`TaskContext.ack_in`)."""
     ack_queued: bool = False
     """It succeeded and its ack waits for the ack loop's next flush."""
+    settling: bool = False
+    """Its outcome is being written (whether its lease was lost, that write tells) or was
+    written (its dead-letter hook may still run): a renewal that misses it is no lost lease."""
 
 
 class Outcomes:
@@ -103,6 +107,7 @@ class Outcomes:
         self._stats = stats
         self._group = settings.streams.group
         self._dlq_maxlen = settings.streams.dlq_maxlen
+        self._max_bytes = settings.streams.max_entry_bytes
         self._lease_ms = int(settings.worker.lease_seconds * 1000)
         self._acks: dict[bytes, list[bytes]] = {}
         self._ack_wanted = anyio.Event()
@@ -182,7 +187,10 @@ class Outcomes:
     ) -> bool:
         """Schedule the next attempt after *delay* seconds; ack and delete this entry.
 
-        With ``count=False`` (a deferral) the attempt counter is left as it is.
+        With ``count=False`` (a deferral) the attempt counter is left as it is. *error*
+        becomes the envelope's ``last_error``, cut (or dropped) so that the envelope stays
+        within ``streams.max_entry_bytes``: one the producer accepted is never refused as
+        ``oversized`` for having failed.
         """
         retry = (
             msgspec.structs.replace(envelope, attempt=envelope.attempt + 1, last_error=error)
@@ -190,9 +198,10 @@ class Outcomes:
             else envelope
         )
         delay_ms = max(0, int(delay * 1000))  # from now by Redis's clock, not this host's
+        raw = encode_within(retry, self._max_bytes)
         settled = await self._scripts.retry(
             keys=[entry.stream, self._keys.delayed(envelope.target)],
-            args=[self._group, entry.entry_id, self._consumer, delay_ms, encode_envelope(retry)],
+            args=[self._group, entry.entry_id, self._consumer, delay_ms, raw],
         )
         if settled:
             if count:
@@ -248,25 +257,39 @@ class Outcomes:
 
         Reads our pending list rather than our in-memory view, so entries delivered by a read
         that shutdown interrupted are released too; the cancelled try is not counted. Acks are
-        flushed first.
+        flushed first; entries whose ack that flush could not write are not released (they
+        succeeded) and their acks are tried once more at the end. A failing flush or stream
+        does not keep the other streams from being released.
         """
+        await self._flush_logged()
+        for stream in self._targets:
+            try:
+                await self._release(stream)
+            except redis.exceptions.RedisError as exc:
+                log.warning("release.failed", stream=stream.decode(), error=str(exc))
+        if self._acks:
+            await self._flush_logged()
+
+    async def _flush_logged(self) -> None:
         try:
             await self.flush()
-            for stream in self._targets:
-                pending: Any = await self._client.xpending_range(
-                    stream, self._group, min="-", max="+", count=100_000,
-                    consumername=self._consumer,
-                )  # fmt: skip
-                if not pending:
-                    continue
-                args: list[Any] = [self._group, self._consumer, self._lease_ms]
-                for item in pending:
-                    args += [item["message_id"], max(0, item["times_delivered"] - 1)]
-                released = int(await self._scripts.release(keys=[stream], args=args))
-                self._stats.released += released
-                log.info("worker.released", stream=stream.decode(), entries=released)
         except redis.exceptions.RedisError as exc:
-            log.warning("release.failed", error=str(exc))
+            log.warning("ack.failed", error=str(exc))
+
+    async def _release(self, stream: bytes) -> None:
+        pending: Any = await self._client.xpending_range(
+            stream, self._group, min="-", max="+", count=100_000, consumername=self._consumer
+        )
+        unacked = set(self._acks.get(stream, ()))
+        args: list[Any] = [self._group, self._consumer, self._lease_ms]
+        for item in pending:
+            if item["message_id"] not in unacked:
+                args += [item["message_id"], max(0, item["times_delivered"] - 1)]
+        if len(args) == 3:
+            return
+        released = int(await self._scripts.release(keys=[stream], args=args))
+        self._stats.released += released
+        log.info("worker.released", stream=stream.decode(), entries=released)
 
 
 def _copied_fields(fields: dict[bytes, bytes], *, keep_envelope: bool) -> dict[str, Any]:
