@@ -31,13 +31,19 @@ REDIS_PY_IMPORTS = {"opentelemetry"}
 loads ``opentelemetry.sdk.metrics``): a path that talks to Redis cannot avoid it."""
 
 # Runs a module as __main__ with the given argv and writes the names of every module it
-# imported to the file named by $MODULES_OUT when the interpreter exits.
+# imported to the file named by $MODULES_OUT when the interpreter exits (a worker process ends
+# with os._exit, which skips atexit: that is caught too).
 WRAPPER = """
 import atexit, json, os, runpy, sys
 def _dump():
     with open(os.environ["MODULES_OUT"], "w") as out:
         json.dump(sorted(sys.modules), out)
 atexit.register(_dump)
+_exit = os._exit
+def _dump_then_exit(code):
+    _dump()
+    _exit(code)
+os._exit = _dump_then_exit
 module, sys.argv = sys.argv[1], sys.argv[1:]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
@@ -116,7 +122,7 @@ def test_a_plain_worker_process_loads_no_sdk(tmp_path: Path, redis_url: str) -> 
         proc.stdin.flush()
         line = proc.stdout.readline().decode()  # the process's first status line
         assert line.startswith("READY"), proc.stderr.read() if proc.stderr else line
-        proc.send_signal(signal.SIGTERM)  # graceful: drains, exits 0, atexit runs
+        proc.send_signal(signal.SIGTERM)  # graceful: drains, exits 0, the modules written
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
