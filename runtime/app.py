@@ -84,9 +84,11 @@ class TaskContext:
 
         If the handler then returns, the worker does not ack the entry again; if it raises,
         the failure is handled as usual (an ack that did not happen leaves the entry
-        pending). Use a transaction (``pipeline(transaction=True)``): in a plain pipeline,
-        XACK and XDEL still run on a Redis out of memory that refused the writes before them,
-        and the entry would be acked without its outcome. Returns ``False`` (nothing queued:
+        pending). The ack is queued as a script that Redis refuses whenever it refuses the
+        writes before it (out of memory, read-only, busy): an outcome refused there leaves the
+        entry pending. An outcome that fails for another reason (a wrong key type, a script
+        error) does not stop the ack: use a transaction (``pipeline(transaction=True)``) to
+        tie them. Returns ``False`` (nothing queued:
         the worker acks after the handler returns) when the worker does not offer this or the
         entry's lease was lost.
         """

@@ -2,7 +2,8 @@
 
 A run whose result Redis refuses (out of memory) is not lost: its entry was acked in the same
 non-atomic batch, as XACK and XDEL still run on a full Redis, and the record said ``running``
-forever; it runs again once memory is freed, and its turn is in the history once. A run whose
+forever; now the ack is a script Redis refuses with the result, and the run runs again once
+memory is freed, its turn in the history once. A run whose
 conversation lease lapsed while nobody took it (its loop blocked past the lease) takes it back
 and completes: it was dropped, acked as done while its record said ``running``."""
 

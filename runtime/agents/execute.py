@@ -15,7 +15,8 @@ its own:
 3. one that ends the turn (writing the run's items into the conversation, only when the
    run completed), stores the result with the events not written yet and the terminal
    event, publishes ``AGENT_STARTED``, ``AGENT_COMPLETED`` / ``ERROR`` and in-run handoffs
-   on the coordination stream; the worker acks the work entry once this is written.
+   on the coordination stream, and acks the work entry (with a script Redis refuses when
+   it refuses the result).
 
 A run that raises, times out or exceeds its turns ends with a ``failed`` result naming why,
 and leaves the conversation as it was. A retryable model error (rate limit, 5xx) is retried
@@ -305,9 +306,9 @@ async def _finish(
             res.turns.queue_end(pipe, turn, session)
         res.runs.finish(pipe, result, pending, count_attempt=ran, token=run.token)
         publish(res, pipe, events)
-        # No ack here: in a batch that is not atomic, XACK and XDEL still run on a Redis out
-        # of memory that refused the result, and the run would be lost. The worker acks once
-        # the handler returned, i.e. once the result is written.
+        # the entry is done with: no round trip of its own for the ack (a script Redis
+        # refuses, on a full Redis say, together with the result before it)
+        run.ctx.ack_in(pipe)
 
     replies = await res.runs.write(fill)
     run.ended = True

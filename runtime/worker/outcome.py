@@ -82,6 +82,16 @@ class Entry:
     written (its dead-letter hook may still run): a renewal that misses it is no lost lease."""
 
 
+# KEYS: inbox. ARGV: group, entry id. A script with flags (the shebang line, none given): Redis
+# refuses it as a whole on a server out of memory (no ``allow-oom``), read-only or busy, as it
+# refuses the outcome written before it in the same pipeline, so the two fail together.
+ACK_IN = """#!lua
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+
+
 class Outcomes:
     """Writes outcomes for one worker (``consumer``) over the inboxes in *targets*."""
 
@@ -117,11 +127,15 @@ class Outcomes:
     # --- success ------------------------------------------------------------------------
     def queue_ack(self, entry: Entry, pipe: Any) -> bool:
         """Queue the ack of *entry* (XACK + XDEL) on a handler's pipeline (not for a lost
-        entry: another worker may own it)."""
+        entry: another worker may own it).
+
+        The ack is a script Redis refuses whenever it refuses the writes queued before it on
+        a full (OOM), read-only, busy or misconfigured server (:data:`ACK_IN`): plain XACK
+        and XDEL would still run there, acking an entry whose outcome was refused.
+        """
         if entry.lost:
             return False
-        pipe.xack(entry.stream, self._group, entry.entry_id)
-        pipe.xdel(entry.stream, entry.entry_id)
+        pipe.eval(ACK_IN, 1, entry.stream, self._group, entry.entry_id)
         entry.acked_by_handler = True
         return True
 
