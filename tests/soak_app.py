@@ -1,9 +1,9 @@
 """The app of the chaos soak (``tests.soak_app:app``): plain chores and agent runs in one app.
 
-A chore records, in Redis, that this process is running it (``<prefix>:scratch:inflight:<pid>``,
-a set of task ids) for exactly as long as its handler runs, and, when it starts, looks whether
-another live process (or this one) is running the same task at that moment: such a start is
-an overlap, written to ``<prefix>:scratch:overlaps``. A chore that completes adds its id to
+A chore records, in Redis, that this process is running it (``<prefix>:scratch:inflight-<pid>``,
+a hash of execution token → task id) for exactly as long as its handler runs, and, when it
+starts, looks whether another live process (or another execution in this one) is running the
+same task at that moment: such a start is an overlap, written to ``<prefix>:scratch:overlaps``. A chore that completes adds its id to
 ``<prefix>:scratch:done``. Redis may be restarting under it: the marks are retried until they
 are written, so a handler's in-flight mark is never left behind by a live process.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -53,32 +54,34 @@ async def _persist(step: Callable[[], Awaitable[Any]]) -> Any:
                 await anyio.sleep(0.1)
 
 
-async def _running_elsewhere(ctx: TaskContext) -> list[str]:
-    """Live processes (this one included) whose in-flight set holds this task now."""
+async def _running_elsewhere(ctx: TaskContext, token: str) -> list[str]:
+    """Live processes (this one included) running this task now, in another execution."""
     holders = []
     async for raw in ctx.redis.scan_iter(match=ctx.keys.scratch("inflight-*"), count=1000):
         key = raw.decode() if isinstance(raw, bytes) else raw
         pid = key.rsplit("-", 1)[1]
-        if pid == _PID:
+        if not _alive(int(pid)):
             continue
-        if _alive(int(pid)) and await ctx.redis.sismember(key, ctx.task_id):
-            holders.append(pid)
+        running = await ctx.redis.hgetall(key)
+        others = [t for t, task in running.items() if task == ctx.task_id.encode()]
+        if [t for t in others if t != token.encode()]:
+            holders.append(pid if pid != _PID else f"{pid} (this process, twice)")
     return holders
 
 
 @app.task("chore")
 async def chore(ctx: TaskContext, n: int) -> None:
+    # one mark per execution (a hash field named by a token of its own), so a mark sent
+    # again after a connection lost with Redis (it restarts under us) is still this one
     mine = ctx.keys.scratch(f"inflight-{_PID}")
-    added = await _persist(lambda: ctx.redis.sadd(mine, ctx.task_id))
+    token = uuid.uuid4().hex
+    await _persist(lambda: ctx.redis.hset(mine, token, ctx.task_id))
     try:
-        others = await _persist(lambda: _running_elsewhere(ctx))
-        if not added:
-            others.append(f"{_PID} (this process, twice)")
+        others = await _persist(lambda: _running_elsewhere(ctx, token))
         if others:
             note = f"{ctx.task_id} started by {_PID} while running in {', '.join(others)}"
             await _persist(lambda: ctx.redis.rpush(ctx.keys.scratch("overlaps"), note))
         await anyio.sleep(random.uniform(0.02, 0.15))
         await ctx.redis.sadd(ctx.keys.scratch("done"), ctx.task_id)
     finally:
-        if added:
-            await _persist(lambda: ctx.redis.srem(mine, ctx.task_id))
+        await _persist(lambda: ctx.redis.hdel(mine, token))
