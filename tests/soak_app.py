@@ -4,8 +4,9 @@ A chore records, in Redis, that this process is running it (``<prefix>:scratch:i
 a hash of execution token → task id) for exactly as long as its handler runs, and, when it
 starts, looks whether another live process (or another execution in this one) is running the
 same task at that moment: such a start is an overlap, written to ``<prefix>:scratch:overlaps``.
-A chore that completes adds its id to ``<prefix>:scratch:done``. Redis may be restarting under it: the marks are retried until they
-are written, so a handler's in-flight mark is never left behind by a live process.
+A chore that completes adds its id to ``<prefix>:scratch:done``. Redis may be restarting under
+it: the marks are retried until they are written, so a handler's in-flight mark is never left
+behind by a live process.
 """
 
 from __future__ import annotations
