@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -110,6 +111,33 @@ def plain_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     status = server.start()
     try:
         yield status.url
+    finally:
+        server.stop()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def own_redis(data_dir: Path, **changes: object) -> EmbeddedRedis:
+    """A plain Redis of a test's own (Debian's when installed, else the bundled one without
+    modules) on a free port, for tests that fill, flush, stop or restart their server."""
+    binary = PLAIN_BINARY if Path(PLAIN_BINARY).is_file() else None
+    values: dict[str, object] = {"port": free_port(), "modules": [], "server_binary": binary}
+    values.update(changes)
+    return EmbeddedRedis(embedded_settings(data_dir, **values))
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, str]]:
+    """A started :func:`own_redis` (no append-only file) and its URL; stopped afterwards."""
+    server = own_redis(tmp_path / "redis", appendonly=False, startup_timeout=120)
+    url = server.start().url
+    try:
+        yield server, url
     finally:
         server.stop()
 

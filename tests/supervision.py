@@ -6,7 +6,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -171,12 +170,6 @@ def _get(port: int, path: str) -> tuple[int, str]:
             return int(reply.status), reply.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def drained(client: redis.asyncio.Redis, keys: Keys, target: str) -> bool:

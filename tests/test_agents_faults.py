@@ -9,10 +9,7 @@ and completes: it was dropped, acked as done while its record said ``running``."
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -25,7 +22,7 @@ from runtime import EmbeddedRedis, Keys
 from runtime.agents import AgentApp, AgentClient
 from runtime.agents.models import StepModel
 from runtime.sessions import AgentSession
-from tests.conftest import PLAIN_BINARY, embedded_settings, make_settings
+from tests.conftest import make_settings
 from tests.helpers import running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -55,30 +52,10 @@ class FillsMemory(StepModel):
         return ModelStep(output=[assistant_message("done", item_id=f"m{self.calls}")])
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-def own_url(tmp_path: Path) -> Iterator[str]:
-    binary = PLAIN_BINARY if Path(PLAIN_BINARY).is_file() else None
-    server = EmbeddedRedis(
-        embedded_settings(
-            tmp_path / "redis", port=_free_port(), modules=[], appendonly=False,
-            server_binary=binary,
-        )
-    )  # fmt: skip
-    try:
-        yield server.start().url
-    finally:
-        server.stop()
-
-
 async def test_a_run_whose_result_a_full_redis_refuses_is_not_lost(
-    own_url: str, key_prefix: str
+    own_server: tuple[EmbeddedRedis, str], key_prefix: str
 ) -> None:
+    _, own_url = own_server
     keys = Keys(key_prefix)
     settings = make_settings(own_url, key_prefix)
     model = FillsMemory(own_url)

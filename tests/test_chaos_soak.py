@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ import redis.exceptions
 
 from runtime import AgentClient, EmbeddedRedis, Keys, Producer
 from runtime.sessions import AgentSession
-from tests.conftest import OPENSSL_DIR, PLAIN_BINARY, ROOT, embedded_settings, make_settings
+from tests.conftest import OPENSSL_DIR, ROOT, make_settings, own_redis
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -125,16 +124,6 @@ def _processes() -> dict[int, int]:
     return found
 
 
-def _exists(path: str) -> bool:
-    return Path(path).is_file()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def supervisors() -> Iterator[list[Supervisor]]:
     started: list[Supervisor] = []
@@ -168,13 +157,7 @@ def _texts(items: list[Any]) -> list[tuple[str, str]]:
 
 @pytest.mark.timeout(420)
 async def test_chaos_soak(tmp_path: Path, key_prefix: str, supervisors: list[Supervisor]) -> None:
-    binary = PLAIN_BINARY if _exists(PLAIN_BINARY) else None
-    port = _free_port()
-    server = EmbeddedRedis(
-        embedded_settings(
-            tmp_path / "redis", modules=[], appendonly=True, port=port, server_binary=binary
-        )
-    )
+    server = own_redis(tmp_path / "redis", appendonly=True)
     url = server.start().url
     client = redis.asyncio.Redis.from_url(url)
     try:

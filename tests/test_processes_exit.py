@@ -17,8 +17,8 @@ import redis.asyncio
 from runtime import Keys
 from runtime.settings import Settings
 from runtime.worker.process import EXIT_REDIS_UNAVAILABLE
-from tests.conftest import ROOT, make_settings
-from tests.supervision import free_port, producer
+from tests.conftest import ROOT, free_port, make_settings
+from tests.supervision import producer
 
 pytestmark = pytest.mark.anyio
 

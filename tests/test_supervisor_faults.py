@@ -13,12 +13,11 @@ import pytest
 import redis.asyncio
 
 from runtime import EmbeddedRedis, Keys
-from tests.conftest import PLAIN_BINARY, embedded_settings
+from tests.conftest import PLAIN_BINARY, embedded_settings, free_port
 from tests.helpers import scratch_list, wait_until
 from tests.supervision import (
     FAST,
     Running,
-    free_port,
     http_get,
     metric,
     producer,

@@ -18,12 +18,12 @@ import redis.asyncio
 from runtime import Keys
 from runtime.dlq import DeadLetters
 from runtime.worker.process import consumer_name
+from tests.conftest import free_port
 from tests.helpers import scratch_list, wait_until
 from tests.supervision import (
     FAST,
     Running,
     drained,
-    free_port,
     http_get,
     producer,
     supervise,

@@ -19,9 +19,9 @@ import redis.asyncio
 
 from runtime import Keys
 from runtime.supervisor.slot import Slot, run_worker
-from tests.conftest import PLAIN_BINARY
+from tests.conftest import PLAIN_BINARY, free_port
 from tests.helpers import scratch_list, wait_until
-from tests.supervision import FAST, Running, free_port, producer, supervise, supervisors
+from tests.supervision import FAST, Running, producer, supervise, supervisors
 
 pytestmark = pytest.mark.anyio
 

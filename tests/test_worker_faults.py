@@ -4,8 +4,7 @@ that loads a large AOF (LOADING) is ridden out. Each on a Redis server of the te
 
 from __future__ import annotations
 
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from runtime.errors import RetryLater
 from runtime.producer import Producer
 from runtime.worker import Worker
 from runtime.worker.faults import Faults, backoff, classify
-from tests.conftest import PLAIN_BINARY, embedded_settings, make_settings
+from tests.conftest import make_settings, own_redis
 from tests.helpers import scratch_list, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -102,37 +101,6 @@ def test_backoff_grows_with_jitter_up_to_a_cap() -> None:
     assert 0.05 <= backoff(0) <= 0.1
     assert all(2.5 <= backoff(n) <= 5.0 for n in (6, 10, 100, 10_000))
     assert len({backoff(3) for _ in range(20)}) > 1  # jitter: a fleet does not retry in step
-
-
-# --- a server of the test's own ------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _server(data_dir: Path, *, appendonly: bool) -> EmbeddedRedis:
-    binary = PLAIN_BINARY if Path(PLAIN_BINARY).is_file() else None
-    return EmbeddedRedis(
-        embedded_settings(
-            data_dir,
-            port=_free_port(),
-            modules=[],
-            appendonly=appendonly,
-            server_binary=binary,
-            startup_timeout=120,
-        )
-    )
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, str]]:
-    server = _server(tmp_path / "redis", appendonly=False)
-    url = server.start().url
-    try:
-        yield server, url
-    finally:
-        server.stop()
 
 
 @asynccontextmanager
@@ -245,7 +213,7 @@ return 1
 async def test_a_restart_that_loads_a_large_aof_is_ridden_out(
     tmp_path: Path, key_prefix: str
 ) -> None:
-    server = _server(tmp_path / "redis", appendonly=True)
+    server = own_redis(tmp_path / "redis", appendonly=True, startup_timeout=120)
     url = server.start().url
     keys = Keys(key_prefix)
     settings = make_settings(url, key_prefix)

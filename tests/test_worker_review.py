@@ -5,7 +5,6 @@ hook."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from runtime.worker import Worker, consumer
 from runtime.worker.leases import Leases
 from runtime.worker.outcome import Entry, Outcomes, WorkerStats
 from runtime.worker.slots import Slots
-from tests.conftest import PLAIN_BINARY, embedded_settings, make_settings
+from tests.conftest import free_port, make_settings, own_redis
 from tests.helpers import kill_next_connection, running_worker, scratch_list, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -155,7 +154,7 @@ async def test_a_failed_lease_renewal_leaves_the_next_one_due_at_once(
             slots=slots, stats=WorkerStats(),
         )  # fmt: skip
 
-    unreachable = redis.asyncio.Redis(port=_free_port(), socket_connect_timeout=1)
+    unreachable = redis.asyncio.Redis(port=free_port(), socket_connect_timeout=1)
     failing = leases_on(unreachable)
     due = anyio.current_time() - failing.every  # a renewal is due
     failing.renewed_at = due
@@ -172,13 +171,8 @@ async def test_a_failed_lease_renewal_leaves_the_next_one_due_at_once(
 # --- item 3: a fault episode ends when Redis is back, not a cleanup period later --------------
 @pytest.fixture
 def own_server(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, str]]:
-    binary = PLAIN_BINARY if Path(PLAIN_BINARY).is_file() else None
-    server = EmbeddedRedis(
-        embedded_settings(
-            tmp_path / "redis", port=_free_port(), modules=[], server_binary=binary,
-            startup_timeout=120,
-        )
-    )  # fmt: skip
+    """A server of the test's own, with its append-only file (it is stopped and restarted)."""
+    server = own_redis(tmp_path / "redis", startup_timeout=120)
     url = server.start().url
     try:
         yield server, url
@@ -330,12 +324,6 @@ def _command(*args: str) -> bytes:
         data = arg.encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def _listed(client: redis.asyncio.Redis, keys: Keys, name: str, n: int) -> bool:
