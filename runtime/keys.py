@@ -22,8 +22,15 @@ key                                         type    lifetime
 ``aw:{session:<id>}:doc``                   JSON    the RedisJSON session; TTL when set
 ``aw:{session:<id>}:turns``                 hash    run order of the conversation (seq, next)
 ``aw:{coord:<name>}:<event type>``          stream  coordination events, MAXLEN ~
-``aw:events``                               stream  lifecycle events, MAXLEN ~
-``aw:traces``                               stream  trace spans, MAXLEN ~
+``aw:events``                               stream  run lifecycle events, MAXLEN ~
+``aw:traces``                               stream  recent traces (one entry per trace), MAXLEN ~
+``aw:{trace:<trace id>}``                   hash    TTL = result retention (trace summary)
+``aw:{trace:<trace id>}:spans``             hash    TTL = result retention (span id → JSON)
+``aw:ts:<metric>:<series>``                 TS      TTL = metrics retention, refreshed
+``aw:metrics:totals``                       hash    bounded by metrics × label sets
+``aw:targets``                              zset    targets served (score: last seen)
+``aw:fleet``                                zset    supervisors (score: last heartbeat)
+``aw:fleet:<instance>``                     hash    one supervisor's workers; TTL 3 beats
 ==========================================  ======  ==========================================
 """
 
@@ -170,8 +177,47 @@ class Keys:
         return f"{self.prefix}:events"
 
     def traces(self) -> str:
-        """Trace spans exported by the workers."""
+        """Recent traces, one entry per trace (its summary), trimmed to a MAXLEN setting."""
         return f"{self.prefix}:traces"
+
+    def trace(self, trace_id: str) -> str:
+        """The summary of one trace (name, run, agent, start, end, status); *trace_id* is the
+        32 hex digits of the W3C trace id."""
+        return f"{self.prefix}:{{trace:{validate_name('trace', trace_id)}}}"
+
+    def trace_spans(self, trace_id: str) -> str:
+        """The spans of one trace: span id → the span as JSON."""
+        return self.trace(trace_id) + ":spans"
+
+    def metric_series(self, metric: str, series: str) -> str:
+        """One TimeSeries of *metric*; *series* names its labels and the writing process
+        (free text chosen by the recorder; it may hold ':')."""
+        validate_name("metric", metric)
+        if not series or any(c.isspace() or c in "{}" for c in series):
+            raise KeyNameError(
+                f"series name {series!r} must be non-empty, without spaces or braces"
+            )
+        return f"{self.prefix}:ts:{metric}:{series}"
+
+    def metrics_totals(self) -> str:
+        """Fleet totals of every counter since the deployment began (what `/metrics` serves)."""
+        return f"{self.prefix}:metrics:totals"
+
+    def targets(self) -> str:
+        """The targets (agents and task names) workers serve; score: when last seen."""
+        return f"{self.prefix}:targets"
+
+    def fleet(self) -> str:
+        """The supervisors of the deployment; score: their last heartbeat."""
+        return f"{self.prefix}:fleet"
+
+    def fleet_member(self, instance: str) -> str:
+        """What one supervisor reports of itself and its workers (JSON fields, with a TTL)."""
+        if not instance or any(c.isspace() or c in "{}" for c in instance):
+            raise KeyNameError(
+                f"instance name {instance!r} must be non-empty, without spaces or braces"
+            )
+        return f"{self.prefix}:fleet:{instance}"
 
     def scratch(self, name: str) -> str:
         """A key for short-lived checks (e.g. ``agents-worker demo``); callers delete it."""

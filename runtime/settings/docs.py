@@ -116,6 +116,8 @@ _EXAMPLES = {
     "runs.session_ttl_seconds": "604800",
     "models.base_url": '"http://localhost:11434/v1"',
     "models.api_key": '"change-me"',
+    "observability.otel_endpoint": '"http://127.0.0.1:4318"',
+    "web.token": '"change-me"',
 }
 
 

@@ -21,7 +21,8 @@ import msgspec
 from runtime.errors import ConfigError
 from runtime.keys import validate_prefix
 from runtime.redaction import redact_url
-from runtime.settings.model import Settings, field_extra
+from runtime.settings.model import Settings
+from runtime.settings.section import field_extra
 
 __all__ = [
     "CONFIG_ENV",

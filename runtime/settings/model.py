@@ -6,12 +6,15 @@ generated from it, so a setting cannot exist undocumented.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
-from runtime.redaction import redact_url
+from runtime.settings.observability import ObservabilitySettings, WebSettings
+from runtime.settings.section import SECRET, URL, PositiveFloat, Section
+
+ModuleName = Literal["search", "json", "timeseries", "bloom"]
 
 __all__ = [
     "EmbeddedRedisSettings",
@@ -22,45 +25,9 @@ __all__ = [
     "Settings",
     "StreamSettings",
     "SupervisorSettings",
+    "WebSettings",
     "WorkerSettings",
 ]
-
-# Fields whose values never appear in clear in reprs, logs or `config show`.
-SECRET = {"secret": True}
-# A field holding a URL: only the password inside it is secret.
-URL = {"url": True}
-
-ModuleName = Literal["search", "json", "timeseries", "bloom"]
-PositiveFloat = Annotated[float, Meta(gt=0)]
-
-
-class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Base of every settings section: strict fields and a repr that hides secrets."""
-
-    def __repr__(self) -> str:
-        parts = []
-        for field in msgspec.inspect.type_info(type(self)).fields:  # type: ignore[attr-defined]
-            value = getattr(self, field.name)
-            parts.append(f"{field.name}={_shown(field.type, value)!r}")
-        return f"{type(self).__name__}({', '.join(parts)})"
-
-
-def field_extra(field_type: Any) -> dict[str, Any]:
-    """The ``Meta(extra=…)`` markers of a field type (empty when it has none)."""
-    if isinstance(field_type, msgspec.inspect.Metadata):
-        return field_type.extra or {}
-    return {}
-
-
-def _shown(field_type: Any, value: Any) -> Any:
-    extra = field_extra(field_type)
-    if value is None:
-        return value
-    if extra.get("secret"):
-        return "***"
-    if extra.get("url") and isinstance(value, str):
-        return redact_url(value)
-    return value
 
 
 class EmbeddedRedisSettings(Section, frozen=True, kw_only=True):
@@ -449,22 +416,6 @@ class SupervisorSettings(Section, frozen=True, kw_only=True):
     ] = 10.0
 
 
-class ObservabilitySettings(Section, frozen=True, kw_only=True):
-    """Logs, traces and metrics."""
-
-    log_level: Annotated[
-        Literal["DEBUG", "INFO", "WARNING", "ERROR"],
-        Meta(description="Lowest level of log records written."),
-    ] = "INFO"
-    log_format: Annotated[
-        Literal["console", "json"],
-        Meta(
-            description="`console`: one readable line per event; `json`: one JSON object per "
-            "line, for log collectors."
-        ),
-    ] = "console"
-
-
 class Settings(Section, frozen=True, kw_only=True):
     """Every setting of agents-worker.
 
@@ -482,3 +433,4 @@ class Settings(Section, frozen=True, kw_only=True):
     models: ModelSettingsSection = msgspec.field(default_factory=ModelSettingsSection)
     supervisor: SupervisorSettings = msgspec.field(default_factory=SupervisorSettings)
     observability: ObservabilitySettings = msgspec.field(default_factory=ObservabilitySettings)
+    web: WebSettings = msgspec.field(default_factory=WebSettings)
