@@ -1,0 +1,27 @@
+"""What the web routes read: :class:`WebState`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio
+
+from runtime.keys import Keys
+from runtime.settings.model import Settings
+from runtime.web.probes import Probe
+
+__all__ = ["WebState"]
+
+
+@dataclass
+class WebState:
+    """The Redis client, the key names, the settings and the supervisor's probe.
+
+    *probe* is the supervisor's; ``None`` in ``agents-worker dashboard`` (no workers of its
+    own: ``/healthz`` and ``/readyz`` then only say that the process serves).
+    """
+
+    client: redis.asyncio.Redis
+    keys: Keys
+    settings: Settings
+    probe: Probe | None = None
