@@ -1,0 +1,206 @@
+"""Reading traces back from Redis: one trace's summary and spans, the recent traces, and the
+span tree for a waterfall.
+
+    store = TraceStore(client, keys)
+    for summary in await store.list_traces(20):
+        spans = await store.get_spans(summary.trace_id)
+        for node in span_tree(spans):
+            print("  " * node.depth, node.span.name, node.span.duration)
+
+Every read is bounded: one trace's two hashes, or ``XREVRANGE … COUNT`` on the stream of
+recent traces (never ``KEYS``/``SCAN``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from runtime.keys import Keys
+from runtime.log import get_logger
+from runtime.observability.spans import SpanRecord, TraceSummary
+from runtime.observability.tracecontext import trace_id_of
+from runtime.redis.connection import translate_errors
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+__all__ = ["SpanNode", "TraceStore", "iter_tree", "span_tree"]
+
+log = get_logger(__name__)
+
+_STREAM_ID = re.compile(r"\d+(-\d+)?")
+_DECODER = msgspec.json.Decoder(SpanRecord)
+# How many recent-trace entries a name-filtered listing reads at most, per trace asked for.
+_SCAN_FACTOR = 20
+_SCAN_MAX = 5000
+
+
+@dataclass
+class SpanNode:
+    """One span in a tree: its depth (0 for a root) and its children, by start time."""
+
+    span: SpanRecord
+    depth: int
+    children: list[SpanNode] = field(default_factory=list)
+
+
+def span_tree(spans: list[SpanRecord]) -> list[SpanNode]:
+    """The spans as a forest: roots first, each level by start time; a span whose parent is
+    missing (not recorded, or expired) is a root."""
+    by_id = {span.span_id: SpanNode(span, 0) for span in spans}
+    roots: list[SpanNode] = []
+    for node in sorted(by_id.values(), key=lambda n: (n.span.start, n.span.span_id)):
+        parent = by_id.get(node.span.parent_id or "")
+        if parent is None or parent is node:
+            roots.append(node)
+        else:
+            parent.children.append(node)
+    stack = [(root, 0) for root in roots]
+    seen: set[int] = set()
+    while stack:  # set depths iteratively (a parent cycle would loop a recursion)
+        node, depth = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        node.depth = depth
+        stack.extend((child, depth + 1) for child in node.children)
+    return roots
+
+
+def iter_tree(roots: list[SpanNode]) -> list[SpanNode]:
+    """The nodes of a forest in display order (depth first, children by start)."""
+    out: list[SpanNode] = []
+    stack = list(reversed(roots))
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        out.append(node)
+        stack.extend(reversed(node.children))
+    return out
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _opt_float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def summary_from_fields(fields: dict[Any, Any], spans: int | None = None) -> TraceSummary | None:
+    """A summary from its hash (or stream entry) fields; None when they hold no trace id."""
+    text = {_decode(k): _decode(v) for k, v in fields.items()}
+    trace_id = text.get("trace_id")
+    if not trace_id:
+        return None
+    status = text.get("status", "running")
+    return TraceSummary(
+        trace_id=trace_id,
+        name=text.get("name", ""),
+        run_id=text.get("run_id") or None,
+        agent=text.get("agent") or None,
+        start=_opt_float(text.get("start")) or 0.0,
+        end=_opt_float(text.get("end")),
+        status=status if status in ("ok", "error", "running") else "error",  # type: ignore[arg-type]
+        error=text.get("error") or None,
+        spans=spans if spans is not None else int(_opt_float(text.get("spans")) or 0),
+    )
+
+
+class TraceStore:
+    """Reads traces written by :class:`~runtime.observability.spans.TraceRecorder`.
+
+    Trace ids may be given bare (32 hex) or in the SDK's form (``trace_<hex>``).
+    """
+
+    def __init__(self, client: redis.asyncio.Redis, keys: Keys, *, stream: str | None = None):
+        self.client = client
+        self.keys = keys
+        self.stream = stream or keys.traces()
+
+    @staticmethod
+    def _tid(trace_id: str) -> str | None:
+        return trace_id_of(trace_id)
+
+    async def get_trace(self, trace_id: str) -> TraceSummary | None:
+        """The summary of one trace (its span count read from its spans), or None."""
+        tid = self._tid(trace_id)
+        if tid is None:
+            return None
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.trace(tid))
+        pipe.hlen(self.keys.trace_spans(tid))
+        with translate_errors("read a trace"):
+            fields, count = await pipe.execute()
+        if not fields:
+            return None
+        return summary_from_fields(fields, int(count))
+
+    async def get_spans(self, trace_id: str) -> list[SpanRecord]:
+        """The spans of one trace, sorted by start (an unreadable span is skipped, logged)."""
+        tid = self._tid(trace_id)
+        if tid is None:
+            return []
+        with translate_errors("read a trace's spans"):
+            raw = await self.client.hgetall(self.keys.trace_spans(tid))
+        spans = []
+        for value in raw.values():
+            try:
+                spans.append(_DECODER.decode(value))
+            except msgspec.DecodeError as exc:
+                log.warning("tracing.bad_span", trace=tid, error=str(exc))
+        spans.sort(key=lambda s: (s.start, s.span_id))
+        return spans
+
+    async def list_traces(
+        self, limit: int = 50, *, before: str | None = None, name: str | None = None
+    ) -> list[TraceSummary]:
+        """The most recent ended traces, newest first (one per trace id).
+
+        *before*: a stream entry id (as in :meth:`list_entries`) to page past; *name*: keep
+        traces whose name contains this text (reads at most ``20 × limit`` entries).
+        """
+        return [summary for _, summary in await self.list_entries(limit, before=before, name=name)]
+
+    async def list_entries(
+        self, limit: int = 50, *, before: str | None = None, name: str | None = None
+    ) -> list[tuple[str, TraceSummary]]:
+        """Like :meth:`list_traces`, with each summary's stream entry id (for paging)."""
+        if limit <= 0:
+            return []
+        top = "+" if before is None else f"({before}" if _STREAM_ID.fullmatch(before) else None
+        if top is None:
+            return []
+        count = min(_SCAN_MAX, limit * _SCAN_FACTOR) if name else limit * 2
+        with translate_errors("list traces"):
+            entries = await self.client.xrevrange(self.stream, top, "-", count=count)
+        return self._pick(list(entries or []), limit, name)
+
+    @staticmethod
+    def _pick(
+        entries: list[tuple[Any, Any]], limit: int, name: str | None
+    ) -> list[tuple[str, TraceSummary]]:
+        out: list[tuple[str, TraceSummary]] = []
+        seen: set[str] = set()
+        needle = name.lower() if name else None
+        for entry_id, fields in entries:
+            summary = summary_from_fields(fields or {})
+            if summary is None or summary.trace_id in seen:
+                continue
+            if needle is not None and needle not in summary.name.lower():
+                continue
+            seen.add(summary.trace_id)
+            out.append((_decode(entry_id), summary))
+            if len(out) >= limit:
+                break
+        return out
