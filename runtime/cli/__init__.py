@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "runtime.cli.enqueue_cmd:enqueue",
         "Enqueue PAYLOAD (JSON, or a string with --text) for TARGET; prints the task id.",
     ),
+    "metrics": (
+        "runtime.cli.metrics_cmd:metrics",
+        "Fleet figures: runs, latency, tokens, calls per agent; lag, pending, DLQ per inbox.",
+    ),
     "redis": (
         "runtime.cli.redis_cmd:redis_group",
         "Manage the embedded Redis Stack server (Search, JSON, TimeSeries, Bloom).",
@@ -31,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "runtime.cli.run_cmd:run",
         "Run APP (module:object, e.g. workers.demo:app) in supervised worker processes.",
     ),
+    "runs": (
+        "runtime.cli.runs_cmd:runs_group",
+        "Recent agent runs: list them, show one with its events, cancel one.",
+    ),
     "status": (
         "runtime.cli.status_cmd:status",
         "Per inbox stream: length, lag, pending, oldest pending age, consumers, delayed, DLQ.",
@@ -38,6 +46,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": (
         "runtime.cli.submit_cmd:submit",
         "Submit TEXT to AGENT; prints the run id, or follows the run to its result.",
+    ),
+    "trace": (
+        "runtime.cli.trace_cmd:trace",
+        "Show the span tree of a run (RUN_ID, or a trace id) with its timings.",
     ),
 }
 """Command name → ``("module:attribute", short help)``; the help is the first sentence of

@@ -1,0 +1,208 @@
+"""``agents-worker trace``: a run's span tree in the terminal, as a waterfall.
+
+Each span is one row: its place in the tree, kind, start offset from the trace's first span,
+duration, a bar showing when it ran within the trace, and its error. The argument is a run
+id (its record names its trace), a trace id (32 hex digits), or the SDK's ``trace_<hex>``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import click
+from rich.table import Table
+from rich.text import Text
+
+from runtime.cli.app import Context, existing_redis, pass_context
+from runtime.cli.observe_view import check_id, duration_ms, short, styled_status
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+    from runtime.keys import Keys
+    from runtime.observability.spans import SpanRecord, TraceSummary
+    from runtime.observability.trace_store import SpanNode
+
+__all__ = ["trace"]
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_BAR = 32
+"""Width of the waterfall column, in characters."""
+_KIND_STYLE = {
+    "submit": "cyan",
+    "inbox": "bright_black",
+    "attempt": "blue",
+    "retry": "yellow",
+    "dead_letter": "red",
+    "agent": "bright_blue",
+    "generation": "magenta",
+    "response": "magenta",
+    "function": "green",
+    "handoff": "yellow",
+    "guardrail": "bright_cyan",
+}
+
+
+@click.command()
+@click.argument("run_or_trace", metavar="RUN_ID", callback=check_id("run or trace"))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the summary and every span).")
+@pass_context
+def trace(ctx: Context, run_or_trace: str, as_json: bool) -> None:
+    """Show the span tree of a run (RUN_ID, or a trace id) with its timings.
+
+    Exit status 1 when neither a run nor a trace of that id is known (tracing off, or its
+    spans expired with the run).
+    """
+    anyio.run(_trace, ctx, run_or_trace, as_json)
+
+
+async def _trace(ctx: Context, run_or_trace: str, as_json: bool) -> None:
+    from runtime.observability.trace_store import TraceStore, span_tree
+
+    async with existing_redis(ctx) as conn:
+        trace_id = await _resolve(conn.client, conn.keys, run_or_trace)
+        store = TraceStore(conn.client, conn.keys)
+        summary = await store.get_trace(trace_id)
+        spans = await store.get_spans(trace_id)
+    if not spans:
+        raise click.ClickException(
+            f"no spans of trace {trace_id} (tracing off when it ran, or expired with its run)"
+        )
+    nodes = _flatten(span_tree(spans))
+    origin = min(span.start for span in spans)
+    if as_json:
+        doc = {
+            "trace": _summary_doc(summary, trace_id),
+            "spans": [_span_doc(n, origin) for n in nodes],
+        }
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    ctx.console.print(_header(summary, trace_id, spans))
+    ctx.console.print(_table(nodes, origin, _end_of(spans)))
+
+
+async def _resolve(client: redis.asyncio.Redis, keys: Keys, given: str) -> str:
+    """The trace id *given* names: a run's (its record says), else *given* as a trace id."""
+    from runtime.observability.tracecontext import trace_id_of
+    from runtime.redis.connection import translate_errors
+
+    if given.startswith("trace_") and (sdk := trace_id_of(given)):
+        return sdk
+    with translate_errors("read a run"):
+        raw = await client.hmget(keys.run(given), ["trace_id", "status"])
+    trace_id, status = (v.decode() if isinstance(v, bytes) else v for v in raw)
+    if trace_id:
+        return str(trace_id)
+    if _HEX32.fullmatch(given):
+        return given
+    if status:
+        raise click.ClickException(f"run {given} has no trace (it ran with tracing off)")
+    raise click.ClickException(f"no run or trace {given!r} (unknown, or expired)")
+
+
+def _flatten(roots: list[SpanNode]) -> list[tuple[SpanNode, str]]:
+    """Depth first, each node with the tree drawn before its name (``├─ ``, ``│  └─ ``…)."""
+    rows: list[tuple[SpanNode, str]] = []
+
+    def walk(nodes: list[SpanNode], lead: str, top: bool) -> None:
+        for index, node in enumerate(nodes):
+            last = index == len(nodes) - 1
+            rows.append((node, "" if top else lead + ("└─ " if last else "├─ ")))
+            walk(node.children, "" if top else lead + ("   " if last else "│  "), False)
+
+    walk(roots, "", True)
+    return rows
+
+
+def _end_of(spans: list[SpanRecord]) -> float:
+    return max(span.end or span.start for span in spans)
+
+
+def _header(summary: TraceSummary | None, trace_id: str, spans: list[SpanRecord]) -> str:
+    origin, end = min(span.start for span in spans), _end_of(spans)
+    errors = sum(1 for span in spans if span.status == "error")
+    parts = [f"[bold]Trace {trace_id}[/]"]
+    if summary is not None:
+        parts.append(summary.name)
+        if summary.run_id:
+            parts.append(f"run {summary.run_id}")
+        if summary.agent:
+            parts.append(f"agent {summary.agent}")
+        parts.append(styled_status(summary.status))
+    parts.append(f"{len(spans)} spans")
+    parts.append(duration_ms((end - origin) * 1000))
+    if errors:
+        parts.append(f"[red]{errors} failed[/]")
+    return " · ".join(parts)
+
+
+def _table(rows: list[tuple[SpanNode, str]], origin: float, end: float) -> Table:
+    table = Table(
+        "span", "kind", "start", "duration", "waterfall", "tokens", "error", highlight=False
+    )
+    total = max(end - origin, 1e-6)
+    for node, lead in rows:
+        span = node.span
+        name = Text(lead, style="bright_black") + Text(span.name, style=_span_style(span))
+        took = None if span.end is None else (span.end - span.start) * 1000
+        table.add_row(
+            name,
+            span.kind,
+            "+" + duration_ms((span.start - origin) * 1000),
+            "running" if took is None else duration_ms(took),
+            _bar(span, origin, total),
+            _tokens(span),
+            Text(short(span.error, 60), style="red") if span.error else "",
+        )
+    return table
+
+
+def _tokens(span: SpanRecord) -> str:
+    """``120 → 30`` for a model call's input and output tokens, else empty."""
+    usage = span.attrs.get("usage")
+    if not isinstance(usage, dict) or "input_tokens" not in usage:
+        return ""
+    return f"{usage.get('input_tokens')} → {usage.get('output_tokens', '?')}"
+
+
+def _span_style(span: SpanRecord) -> str:
+    if span.status == "error":
+        return "bold red"
+    return "yellow" if span.status == "running" else ""
+
+
+def _bar(span: SpanRecord, origin: float, total: float) -> Text:
+    """Where *span* ran within the trace: ``····████·······`` (``▒`` while it runs)."""
+    first = min(_BAR - 1, int((span.start - origin) / total * _BAR))
+    stop = span.end if span.end is not None else origin + total
+    width = max(1, min(_BAR - first, round((stop - span.start) / total * _BAR)))
+    style = "red" if span.status == "error" else _KIND_STYLE.get(span.kind, "white")
+    mark = "▒" if span.end is None else "█"
+    bar = Text("·" * first, style="bright_black")
+    bar.append(mark * width, style=style)
+    bar.append("·" * (_BAR - first - width), style="bright_black")
+    return bar
+
+
+def _summary_doc(summary: TraceSummary | None, trace_id: str) -> dict[str, Any]:
+    import msgspec
+
+    if summary is None:
+        return {"trace_id": trace_id}
+    doc: dict[str, Any] = msgspec.to_builtins(summary)
+    return doc
+
+
+def _span_doc(row: tuple[SpanNode, str], origin: float) -> dict[str, Any]:
+    import msgspec
+
+    node = row[0]
+    span = node.span
+    doc: dict[str, Any] = msgspec.to_builtins(span)
+    doc["depth"] = node.depth
+    doc["offset_ms"] = (span.start - origin) * 1000
+    doc["duration_ms"] = None if span.end is None else (span.end - span.start) * 1000
+    return doc

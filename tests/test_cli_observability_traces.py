@@ -1,0 +1,140 @@
+"""``agents-worker trace`` and ``agents-worker metrics`` against a real Redis.
+
+Spans are written with the tracing owner's :class:`TraceRecorder`, metric samples with the
+metrics owner's :class:`MetricsRecorder` (or by real runs of an in-process worker); the
+commands run in a subprocess, as an operator runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis.asyncio
+
+from runtime import Keys, Settings
+from runtime.observability.spans import TraceRecorder, TraceSummary
+from runtime.observability.tracecontext import new_trace_id
+from tests.conftest import make_settings
+from tests.test_cli import run_cli
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def cli_args(redis_url: str, keys: Keys) -> list[str]:
+    return ["--redis-url", redis_url, "--key-prefix", keys.prefix]
+
+
+@pytest.fixture
+def fast(redis_url: str, keys: Keys) -> Settings:
+    return make_settings(redis_url, keys.prefix)
+
+
+async def _seed_trace(
+    client: redis.asyncio.Redis, keys: Keys, settings: Settings, run_id: str
+) -> str:
+    """A run's trace as the worker writes it: submit, inbox, an attempt, two agents with a
+    handoff, a model call, a failed tool call and a span still running."""
+    rec = TraceRecorder(keys, settings, resource={"worker": "w1"})
+    tid = new_trace_id()
+    t0 = time.time() - 5
+    submit = rec.span(tid, "submit triage", "submit", start=t0, end=t0 + 0.002)
+    rec.span(tid, "inbox", "inbox", parent_id=submit.span_id, start=t0 + 0.002, end=t0 + 0.05)
+    attempt = rec.span(
+        tid, "attempt 1", "attempt", parent_id=submit.span_id, start=t0 + 0.05, end=t0 + 1.5
+    )
+    triage = rec.span(
+        tid, "agent: triage", "agent", parent_id=attempt.span_id, start=t0 + 0.06, end=t0 + 0.7
+    )
+    rec.span(
+        tid, "generation: gpt-4o", "generation", parent_id=triage.span_id, start=t0 + 0.07,
+        end=t0 + 0.5, attrs={"usage": {"input_tokens": 120, "output_tokens": 30}},
+    )  # fmt: skip
+    rec.span(
+        tid, "handoff: triage → billing", "handoff", parent_id=triage.span_id,
+        start=t0 + 0.5, end=t0 + 0.5,
+    )  # fmt: skip
+    billing = rec.span(
+        tid, "agent: billing", "agent", parent_id=attempt.span_id, start=t0 + 0.7, end=t0 + 1.49
+    )
+    rec.span(
+        tid, "function: lookup_invoice", "function", parent_id=billing.span_id,
+        start=t0 + 0.8, end=t0 + 0.9, error="KeyError: 1042",
+    )  # fmt: skip
+    rec.span(tid, "still going", "custom", parent_id=billing.span_id, start=t0 + 1.2)
+    rec.end_trace(
+        TraceSummary(
+            trace_id=tid, name="triage", run_id=run_id, agent="triage", start=t0,
+            end=t0 + 1.5, status="ok", spans=9,
+        )
+    )  # fmt: skip
+    await rec.flush(client)
+    await client.hset(keys.run(run_id), mapping={"status": "completed", "trace_id": tid})
+    return tid
+
+
+EXPECTED_TREE = [
+    (0, "submit triage"),
+    (1, "inbox"),
+    (1, "attempt 1"),
+    (2, "agent: triage"),
+    (3, "generation: gpt-4o"),
+    (3, "handoff: triage → billing"),
+    (2, "agent: billing"),
+    (3, "function: lookup_invoice"),
+    (3, "still going"),
+]
+
+
+async def test_trace_shows_the_span_tree_with_timings(
+    cli_args: list[str], client: redis.asyncio.Redis, keys: Keys, fast: Settings
+) -> None:
+    tid = await _seed_trace(client, keys, fast, "run-42")
+
+    doc = json.loads(run_cli(*cli_args, "trace", "run-42", "--json").stdout)
+    assert doc["trace"]["trace_id"] == tid and doc["trace"]["run_id"] == "run-42"
+    spans = doc["spans"]
+    assert [(s["depth"], s["name"]) for s in spans] == EXPECTED_TREE
+    by_name = {s["name"]: s for s in spans}
+    assert by_name["submit triage"]["offset_ms"] == 0
+    assert by_name["attempt 1"]["offset_ms"] == pytest.approx(50, abs=0.01)
+    assert by_name["attempt 1"]["duration_ms"] == pytest.approx(1450, abs=0.01)
+    assert by_name["still going"]["duration_ms"] is None
+    assert by_name["function: lookup_invoice"]["error"] == "KeyError: 1042"
+    assert by_name["agent: triage"]["parent_id"] == by_name["attempt 1"]["span_id"]
+
+    for given in ("run-42", tid, f"trace_{tid}"):  # a run id, a trace id, the SDK's form
+        shown = run_cli(*cli_args, "trace", given)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.splitlines()[0].startswith(f"Trace {tid} · triage · run run-42")
+    lines = shown.stdout.splitlines()
+    rows = [next(line for line in lines if name in line) for _, name in EXPECTED_TREE]
+    assert [lines.index(row) for row in rows] == sorted(lines.index(row) for row in rows)
+    assert "├─ inbox" in rows[1] and "└─ attempt 1" in rows[2]
+    assert "│  └─ handoff: triage → billing" in rows[5]
+    failed = rows[7]
+    assert "function" in failed and "+800 ms" in failed and "100 ms" in failed
+    assert "KeyError: 1042" in failed and "█" in failed
+    assert "120 → 30" in rows[4]
+    assert "running" in rows[8] and "▒" in rows[8]
+    assert "9 spans" in lines[0] and "1.50 s" in lines[0] and "1 failed" in lines[0]
+
+
+async def test_trace_refuses_what_it_cannot_show(
+    cli_args: list[str], client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    unknown = run_cli(*cli_args, "trace", "no-such-run")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "Error: no run or trace 'no-such-run' (unknown, or expired)"
+    await client.hset(keys.run("untraced"), "status", "completed")
+    untraced = run_cli(*cli_args, "trace", "untraced")
+    assert untraced.returncode == 1
+    assert "run untraced has no trace (it ran with tracing off)" in untraced.stderr
+    gone = run_cli(*cli_args, "trace", "cd" * 16)
+    assert gone.returncode == 1 and f"no spans of trace {'cd' * 16}" in gone.stderr
+    malformed = run_cli(*cli_args, "trace", "a:b")
+    assert malformed.returncode == 2 and "Invalid value for 'RUN_ID'" in malformed.stderr
+    for result in (unknown, untraced, gone, malformed):
+        assert "Traceback" not in result.stderr
