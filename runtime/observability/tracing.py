@@ -26,13 +26,10 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from concurrent.futures import Future
-from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
 import anyio
-import anyio.from_thread
 import msgspec
 import redis.asyncio
 from agents.tracing import (
@@ -48,6 +45,7 @@ from agents.tracing.span_data import (
     ResponseSpanData,
     TurnSpanData,
 )
+from anyio.from_thread import BlockingPortal
 
 from runtime.errors import AgentsWorkerError, ConfigError
 from runtime.keys import Keys
@@ -111,30 +109,51 @@ def _usage(data: SpanData) -> dict[str, Any] | None:
     return None
 
 
+def _agent_attrs(data: Any, exported: dict[str, Any]) -> dict[str, Any]:
+    tools, handoffs = exported.get("tools"), exported.get("handoffs")
+    return {"agent": data.name, "tools": tools, "handoffs": handoffs}
+
+
+def _function_attrs(data: Any, exported: dict[str, Any]) -> dict[str, Any]:
+    return {"tool": data.name, "input": data.input, "output": data.output}
+
+
+def _handoff_attrs(data: Any, exported: dict[str, Any]) -> dict[str, Any]:
+    return {"from": data.from_agent, "to": data.to_agent}
+
+
+def _model_attrs(data: Any, exported: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(data, ResponseSpanData) and data.response is not None:
+        return {"model": data.response.model, "response_id": data.response.id}
+    return {"model": exported.get("model")}
+
+
+def _turn_attrs(data: Any, exported: dict[str, Any]) -> dict[str, Any]:
+    return {"turn": data.turn, "agent": data.agent_name}
+
+
+def _task_attrs(data: Any, exported: dict[str, Any]) -> dict[str, Any]:
+    return {"task": data.name}
+
+
+def _other_attrs(data: Any, exported: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in exported.items() if k != "type"}
+
+
+_ATTRS = {
+    "agent": _agent_attrs,
+    "function": _function_attrs,
+    "handoff": _handoff_attrs,
+    "generation": _model_attrs,
+    "response": _model_attrs,
+    "turn": _turn_attrs,
+    "task": _task_attrs,
+}
+
+
 def _data_attrs(data: SpanData) -> dict[str, Any]:
-    """Attributes of the span's data, cut to a bounded size."""
-    attrs: dict[str, Any] = {}
-    exported = data.export() or {}
-    kind = data.type
-    if kind == "agent":
-        attrs["agent"] = exported.get("name")
-        attrs["tools"] = exported.get("tools")
-        attrs["handoffs"] = exported.get("handoffs")
-    elif kind == "function":
-        attrs["tool"] = exported.get("name")
-        attrs["input"] = exported.get("input")
-        attrs["output"] = exported.get("output")
-    elif kind == "handoff":
-        attrs["from"] = exported.get("from_agent")
-        attrs["to"] = exported.get("to_agent")
-    elif kind in ("generation", "response"):
-        model = exported.get("model")
-        if isinstance(data, ResponseSpanData) and data.response is not None:
-            model = data.response.model
-            attrs["response_id"] = data.response.id
-        attrs["model"] = model
-    elif kind in ("guardrail", "custom", "task", "turn", "mcp_tools"):
-        attrs.update({k: v for k, v in exported.items() if k != "type"})
+    """Attributes of the span's data (model usage included), cut to a bounded size."""
+    attrs = _ATTRS.get(data.type, _other_attrs)(data, data.export() or {})
     usage = _usage(data)
     if usage:
         attrs["usage"] = usage
@@ -194,39 +213,56 @@ class _Binding(msgspec.Struct, frozen=True):
 
 
 class _Background:
-    """The standalone processor's writer: a thread with its own event loop and client."""
+    """The standalone processor's writer: a daemon thread running its own event loop, with
+    its own Redis client and the recorder's flusher. A daemon thread, so that a process that
+    never calls ``shutdown`` still exits (the SDK's exit handler then flushes through it)."""
 
     def __init__(self, recorder: TraceRecorder, settings: Settings, url: str) -> None:
         self.recorder = recorder
         self.settings = settings
         self.url = url
-        self._cm: AbstractContextManager[anyio.from_thread.BlockingPortal] = (
-            anyio.from_thread.start_blocking_portal()
-        )
-        self.portal = self._cm.__enter__()
-        self.client: redis.asyncio.Redis = self.portal.call(self._connect)
-        self._stop: anyio.Event = self.portal.call(anyio.Event)
-        self._task: Future[None] = self.portal.start_task_soon(self._serve)
+        self.portal: BlockingPortal | None = None
+        self.client: redis.asyncio.Redis | None = None
+        self._stop: anyio.Event | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._thread_main, name="aw-traces", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise ConfigError(f"the trace writer could not start: {self._failure}")
 
-    async def _connect(self) -> redis.asyncio.Redis:
-        return create_client(self.settings.redis, self.url)
+    def _thread_main(self) -> None:
+        try:
+            anyio.run(self._main)
+        except BaseException as exc:  # reported to the constructor, or logged
+            self._failure = exc
+            log.exception("tracing.writer_failed")
+        finally:
+            self._ready.set()
 
-    async def _serve(self) -> None:
-        async with anyio.create_task_group() as tg:
-            await tg.start(self.recorder.run, self.client)
-            await self._stop.wait()
-            tg.cancel_scope.cancel()  # recorder.run flushes once more on its way out
-        await self.client.aclose()
+    async def _main(self) -> None:
+        client = create_client(self.settings.redis, self.url)
+        self._stop = anyio.Event()
+        try:
+            async with BlockingPortal() as portal, anyio.create_task_group() as tg:
+                await tg.start(self.recorder.run, client)
+                self.client, self.portal = client, portal
+                self._ready.set()
+                await self._stop.wait()
+                tg.cancel_scope.cancel()  # recorder.run flushes once more on its way out
+        finally:
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
 
     def flush(self) -> None:
-        self.portal.call(self.recorder.flush, self.client)
+        if self.portal is not None and self.client is not None:
+            self.portal.call(self.recorder.flush, self.client)
 
     def stop(self, timeout: float) -> None:
-        self.portal.call(self._stop.set)
-        try:
-            self._task.result(timeout)
-        finally:
-            self._cm.__exit__(None, None, None)
+        if self.portal is not None and self._stop is not None:
+            self.portal.call(self._stop.set)
+        self._thread.join(timeout)
 
 
 class RedisTracingProcessor(TracingProcessor):
@@ -322,7 +358,9 @@ class RedisTracingProcessor(TracingProcessor):
 
     def on_span_start(self, span: Span[Any]) -> None:
         try:
-            self.recorder.record(self._convert(span, ended=False))
+            record = self._convert(span, ended=False)
+            self._note(span.trace_id, record)
+            self.recorder.record(record)
         except Exception:
             log.exception("tracing.callback_failed", callback="on_span_start")
 
@@ -411,18 +449,17 @@ class RedisTracingProcessor(TracingProcessor):
         return [msgspec.structs.asdict(summary) for summary in found]
 
 
-_installed: weakref.WeakSet[TracingProcessor] = weakref.WeakSet()
+_added: weakref.WeakSet[TracingProcessor] = weakref.WeakSet()
 _install_lock = threading.Lock()
 
 
 def install(processor: TracingProcessor) -> None:
-    """Register *processor* with the SDK once per process: replaces the SDK's processors when
-    no ``OPENAI_API_KEY`` is set (OpenAI's exporter would only fail), else adds to them."""
+    """Register *processor* with the SDK, idempotently: without ``OPENAI_API_KEY`` it becomes
+    the SDK's only processor (OpenAI's exporter would only fail; calling again sets the same
+    list), with a key it is added once to the SDK's processors (OpenAI's exporter kept)."""
     with _install_lock:
-        if processor in _installed:
-            return
-        if os.environ.get("OPENAI_API_KEY"):
-            add_trace_processor(processor)
-        else:
+        if not os.environ.get("OPENAI_API_KEY"):
             set_trace_processors([processor])
-        _installed.add(processor)
+        elif processor not in _added:
+            add_trace_processor(processor)
+            _added.add(processor)
