@@ -3,10 +3,13 @@ PrometheusExporter(metrics).generate() (parsed with prometheus_client's parser).
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from typing import Any
 
+import anyio
 import pytest
 import redis.asyncio
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,6 +19,7 @@ from runtime.errors import AgentsWorkerError
 from runtime.observability.agent_metrics import AgentMetrics
 from runtime.observability.prometheus import PrometheusExporter
 from tests.conftest import make_settings
+from tests.helpers import ROOT
 
 STAMP = (time.time() // 60 - 1) * 60
 STAMP_MS = int(STAMP * 1000)
@@ -146,3 +150,29 @@ async def test_prometheus_exporter_generates_parsable_text(redis_url: str, keys:
     families = {f.name: f.type for f in text_string_to_metric_families(text)}
     assert families["agent_requests"] == "counter"
     assert families["agent_request_latency_milliseconds"] == "histogram"
+
+
+EXIT_CHILD = """
+import sys, time
+from runtime import Keys
+from runtime.observability.agent_metrics import AgentMetrics
+from tests.conftest import make_settings
+url, prefix = sys.argv[1], sys.argv[2]
+metrics = AgentMetrics("triage", redis_url=url, keys=Keys(prefix),
+                       settings=make_settings(url, prefix))
+for _ in range(10):
+    metrics.record(latency_ms=1)
+# no close(): the interpreter's exit writes what is buffered, and does not hang
+"""
+
+
+async def test_records_left_buffered_are_written_at_exit(redis_url: str, keys: Keys) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with anyio.fail_after(60):
+        done = await anyio.run_process(
+            [sys.executable, "-c", EXIT_CHILD, redis_url, keys.prefix], cwd=ROOT, env=env,
+            check=False,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    with make(redis_url, keys) as metrics:
+        assert metrics.get_stats()["count"] == 10
