@@ -7,7 +7,6 @@ attributes cut."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +22,7 @@ from runtime.observability.trace_store import TraceStore
 from runtime.observability.tracecontext import new_trace_id, sdk_trace_id
 from runtime.observability.tracing import RedisTracingProcessor
 from tests.helpers import wait_until
-from tests.tracing_apps import HUGE, huge_agent, support_agents
+from tests.tracing_apps import HUGE, huge_agent, run_support, support_agents
 from tests.tracing_checks import RedisGuard, check_support_trace
 
 
@@ -34,14 +33,6 @@ def guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisGuard]:
     spy.patch(monkeypatch)
     yield spy
     set_trace_processors([])
-
-
-async def run_support(trace_id: str) -> tuple[float, float]:
-    began = time.time()
-    config = RunConfig(workflow_name="support", trace_id=sdk_trace_id(trace_id))
-    result = await Runner.run(support_agents(), "refund order 7", run_config=config)
-    assert result.final_output == "billing done"
-    return began, time.time()
 
 
 async def test_recorder_mode_stores_every_span(
@@ -89,7 +80,12 @@ async def _ended(store: TraceStore, tid: str) -> bool:
 
 
 async def _check_summary(
-    store: TraceStore, client: redis.asyncio.Redis, stream: str, tid: str, began: float, ended: float
+    store: TraceStore,
+    client: redis.asyncio.Redis,
+    stream: str,
+    tid: str,
+    began: float,
+    ended: float,
 ) -> None:
     summary = await store.get_trace(tid)
     assert summary is not None and summary.end is not None

@@ -10,10 +10,11 @@ model and usage).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from agents import Agent, Model, ModelResponse, Usage, function_tool
+from agents import Agent, Model, ModelResponse, RunConfig, Runner, Usage, function_tool
 from agents.items import TResponseOutputItem
 from agents.testing import assistant_message, function_call
 from agents.tracing import generation_span, response_span
@@ -142,3 +143,12 @@ def huge_agent() -> Agent[Any]:
             [[function_call("huge_tool", {}, call_id="u1")], [assistant_message("done")]],
         ),
     )
+
+
+async def run_support(trace_id: str) -> tuple[float, float]:
+    """Run the support app under SDK trace ``trace_<trace_id>``; the wall-clock window."""
+    began = time.time()
+    config = RunConfig(workflow_name="support", trace_id=f"trace_{trace_id}")
+    result = await Runner.run(support_agents(), "refund order 7", run_config=config)
+    assert result.final_output == "billing done"
+    return began, time.time()

@@ -22,6 +22,7 @@ import contextvars
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -112,7 +113,7 @@ def _attributes(span: SpanRecord, resource: dict[str, str]) -> dict[str, Any]:
 
 def _exporter(obs: ObservabilitySettings) -> SpanExporter:
     if obs.otel_exporter == "console":
-        return ConsoleSpanExporter()
+        return ConsoleSpanExporter(out=sys.stdout)  # the stdout of now, not of import time
     try:
         module = __import__(_OTLP_MODULE, fromlist=["OTLPSpanExporter"])
     except ImportError as exc:
@@ -150,10 +151,17 @@ class OTelBridge:
         cls, settings: Settings, resource: dict[str, str] | None = None
     ) -> OTelBridge | None:
         """The app's own SDK tracer provider when one is installed globally, else one for
-        ``observability.otel_exporter`` (``otlp`` or ``console``), else None."""
+        ``observability.otel_exporter`` (see :meth:`build`), else None."""
         current = trace.get_tracer_provider()
         if isinstance(current, TracerProvider):
             return cls(current, resource=resource, owned=False)
+        return cls.build(settings, resource)
+
+    @classmethod
+    def build(cls, settings: Settings, resource: dict[str, str] | None = None) -> OTelBridge | None:
+        """A bridge with a tracer provider of its own for ``observability.otel_exporter``
+        (``otlp``: needs the ``otel`` extra, else :class:`ConfigError`; ``console``), with the
+        resource ``service.name`` plus *resource* (worker, app); None for ``none``."""
         obs = settings.observability
         if obs.otel_exporter == "none":
             return None

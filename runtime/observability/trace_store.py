@@ -50,25 +50,38 @@ class SpanNode:
 
 def span_tree(spans: list[SpanRecord]) -> list[SpanNode]:
     """The spans as a forest: roots first, each level by start time; a span whose parent is
-    missing (not recorded, or expired) is a root."""
-    by_id = {span.span_id: SpanNode(span, 0) for span in spans}
+    missing (not recorded, or expired) is a root, and so is the earliest span of a parent
+    cycle (its link to its parent is dropped: the result is always a tree)."""
+    nodes = sorted(
+        (SpanNode(span, 0) for span in spans), key=lambda n: (n.span.start, n.span.span_id)
+    )
+    by_id = {node.span.span_id: node for node in nodes}
     roots: list[SpanNode] = []
-    for node in sorted(by_id.values(), key=lambda n: (n.span.start, n.span.span_id)):
+    for node in nodes:
         parent = by_id.get(node.span.parent_id or "")
         if parent is None or parent is node:
             roots.append(node)
         else:
             parent.children.append(node)
-    stack = [(root, 0) for root in roots]
     seen: set[int] = set()
-    while stack:  # set depths iteratively (a parent cycle would loop a recursion)
+    _set_depths(roots, seen)
+    for node in nodes:  # only spans in a parent cycle are still unseen
+        if id(node) not in seen:
+            parent = by_id[node.span.parent_id or ""]
+            parent.children.remove(node)
+            roots.append(node)
+            _set_depths([node], seen)
+    roots.sort(key=lambda n: (n.span.start, n.span.span_id))
+    return roots
+
+
+def _set_depths(roots: list[SpanNode], seen: set[int]) -> None:
+    stack = [(root, 0) for root in roots]
+    while stack:
         node, depth = stack.pop()
-        if id(node) in seen:
-            continue
         seen.add(id(node))
         node.depth = depth
         stack.extend((child, depth + 1) for child in node.children)
-    return roots
 
 
 def iter_tree(roots: list[SpanNode]) -> list[SpanNode]:

@@ -61,6 +61,9 @@ __all__ = ["RedisTracingProcessor", "install", "span_record", "trace_hex"]
 log = get_logger(__name__)
 
 _SHUTDOWN_SECONDS = 10.0
+# Traces begun and bindings made whose end never came (a crashed run) are forgotten, oldest
+# first, beyond this many.
+_MAX_OPEN = 10_000
 
 
 def trace_hex(sdk_trace_id: str) -> str:
@@ -179,7 +182,8 @@ def span_record(
     attrs: Mapping[str, Any] | None = None,
 ) -> SpanRecord:
     """The :class:`SpanRecord` of an SDK span (started, or *ended*); *parent_id* is used for
-    a span without a parent of its own (a root), *attrs* are added to the span's."""
+    a span without a parent of its own (a root), *attrs* are added to the span's. A started
+    span carries *attrs* only: the data's own (usage, tool output…) come with its end."""
     data = span.span_data
     label = _label(data)
     start = _unix(span.started_at) or time.time()
@@ -196,8 +200,13 @@ def span_record(
         end=end,
         status=status,
         error=error,
-        attrs={**(attrs or {}), **_data_attrs(data)},
+        attrs={**(attrs or {}), **_data_attrs(data)} if ended else dict(attrs or {}),
     )
+
+
+def _forget_oldest(table: dict[str, Any]) -> None:
+    while len(table) > _MAX_OPEN:
+        del table[next(iter(table))]
 
 
 class _TraceState(msgspec.Struct):
@@ -313,6 +322,7 @@ class RedisTracingProcessor(TracingProcessor):
         it. A bound trace's summary is written by the binder (the worker), not here."""
         with self._lock:
             self._bindings[sdk_trace_id] = _Binding(parent_span_id, dict(attrs))
+            _forget_oldest(self._bindings)
 
     def unbind(self, sdk_trace_id: str) -> None:
         """Forget the binding of *sdk_trace_id* (after its run)."""
@@ -326,6 +336,7 @@ class RedisTracingProcessor(TracingProcessor):
             state = _TraceState(name=trace.name, start=time.time())
             with self._lock:
                 self._traces[sdk_id] = state
+                _forget_oldest(self._traces)
                 bound = sdk_id in self._bindings
             if not bound:
                 self.recorder.start_trace(
@@ -389,7 +400,7 @@ class RedisTracingProcessor(TracingProcessor):
             if state is None:
                 return
             if state.agent is None:
-                state.agent = record.attrs.get("agent")
+                state.agent = record.name.removeprefix("agent: ")
             if record.error and state.error is None:
                 state.error = record.error
 
