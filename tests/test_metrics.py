@@ -175,6 +175,51 @@ async def test_the_buffer_is_bounded_and_totals_stay_exact(
     assert kept == [(0, 10.0)]
 
 
+async def test_a_buffer_full_through_a_full_redis_is_one_episode(
+    settings: Settings, keys: Keys, client: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    ticks = iter(range(NOW_MS, NOW_MS + 1000))
+    rec = MetricsRecorder(
+        keys, settings, process="p", clock=lambda: next(ticks) / 1000, max_pending=10
+    )
+    (before,) = (await client.config_get("maxmemory")).values()
+    await client.config_set("maxmemory", 1)  # every write refused: OOM error replies
+    try:
+        for _ in range(6):  # six refused flushes, each with 10 new samples kept: full
+            for _ in range(10):
+                rec.count("tool_calls", tool="t")
+            await rec.flush(client)
+    finally:
+        await client.config_set("maxmemory", before)
+    assert rec.flush_failures == 6 and rec.dropped == 50  # what the buffer had room for: kept
+    assert len(events(caplog, "metrics.buffer_full")) == 1
+    assert len(events(caplog, "metrics.flush_failed")) == 1
+    await rec.flush(client)
+    store = MetricsStore(client, keys)
+    assert total_of(await store.totals(), "tool_calls", tool="t") == 60
+    assert await store.range("tool_calls", 0, NOW_MS + 10_000, bucket_ms=10**13) == [(0, 10.0)]
+    for _ in range(11):  # after a good flush, a new episode is logged again
+        rec.count("tool_calls", tool="t")
+    assert len(events(caplog, "metrics.buffer_full")) == 2
+
+
+async def test_a_series_whose_key_is_taken_is_given_up(
+    settings: Settings, keys: Keys, client: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = recorder(settings, keys, process="p")
+    taken = keys.metric_series("retries", "p:sum:-")
+    await client.set(taken, "someone else's")
+    rec.count("retries", 2)
+    for _ in range(5):
+        await rec.flush(client)
+    assert rec.dropped == 1  # the sample, given up on the fifth refusal
+    assert [
+        r.__dict__["aw_fields"]["series"] for r in events(caplog, "metrics.series_dropped")
+    ] == [taken]
+    assert await client.get(taken) == b"someone else's"
+    assert total_of(await MetricsStore(client, keys).totals(), "retries") == 2
+
+
 async def test_run_flushes_periodically_and_once_more_when_cancelled(
     redis_url: str, keys: Keys, client: redis.asyncio.Redis
 ) -> None:

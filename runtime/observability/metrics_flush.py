@@ -5,8 +5,9 @@ A flush sends, in one batch (:func:`runtime.redis.connection.run_batch`): ``TS.C
 the roll-up's ``TS.CREATE`` + ``TS.CREATERULE``) for each series this process has not created
 yet, one ``TS.MADD`` per series with its samples, ``PEXPIRE`` per series, one
 ``HINCRBYFLOAT`` per total and one ``HSET`` of the gauges. Each reply is checked on its own:
-what Redis refused is put back in the buffer for the next flush (a series refused five
-flushes in a row is given up, logged), samples older than the retention are dropped, and an
+what Redis refused is put back in the buffer for the next flush (a series whose own key is
+refused five flushes in a row, a key of another type in its place, is given up and logged),
+samples older than the retention are dropped, and an
 unknown ``TS.*`` command turns the history off for the process (totals go on).
 """
 
@@ -31,7 +32,11 @@ __all__ = ["Flusher"]
 
 log = get_logger("runtime.observability.metrics")
 
-_GIVE_UP_AFTER = 5  # flushes in a row a series may be refused before its samples are dropped
+# Flushes in a row a series' own key may be refused (a key of another type where the series
+# should be) before its samples are dropped; refusals of the whole server (OOM, READONLY,
+# LOADING…) never give up: the buffer's bound holds them.
+_GIVE_UP_AFTER = 5
+_KEY_ERRORS = ("TSDB", "WRONGTYPE")
 _history_off_said = threading.Event()  # `metrics.history_off` is logged once per process
 
 Handler = Callable[[Any], str | None]  # reply → an error text when something was kept
@@ -188,10 +193,11 @@ class Flusher:
                     if (text := handler(reply)) is not None]  # fmt: skip
         if problems:
             self._failed(problems[0])
-        elif self._failing:
+            return
+        self._full = False  # a buffer that filled up during an outage: a new episode
+        if self._failing:
             self._failing = False
             log.info("metrics.flush_recovered", failed_flushes=self.failures)
-        self._full = False
 
     def _failed(self, error: str) -> None:
         self.failures += 1
@@ -309,7 +315,7 @@ class Flusher:
 
     def _refused_series(self, series: Series, points: dict[int, float], error: str) -> str:
         self._created.discard(series)  # e.g. "not a TSDB key": the series expired or went
-        refused = self._refused.get(series, 0) + 1
+        refused = self._refused.get(series, 0) + any(e in error for e in _KEY_ERRORS)
         if refused >= _GIVE_UP_AFTER:
             self._refused.pop(series, None)
             self.dropped += len(points)
