@@ -296,6 +296,57 @@ async def test_status_watch_without_a_terminal_prints_each_interval_without_scan
         )
 
 
+def _on_terminal(url: str, prefix: str, terminal: int) -> subprocess.Popen[bytes]:
+    """``status --watch`` with a terminal (*terminal*, a pty) as its stdio."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTS_WORKER_")}
+    for name in ("REDIS_URL", "NO_COLOR"):
+        env.pop(name, None)
+    env.update(AGENTS_WORKER_REDIS_EMBEDDED_OPENSSL_DIR=OPENSSL_DIR, COLUMNS="120", LINES="40")
+    command = ["--redis-url", url, "--key-prefix", prefix, "status", "--watch", "--interval", "0.2"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", *command],
+        stdin=terminal, stdout=terminal, stderr=terminal, env=env, cwd=ROOT,
+    )  # fmt: skip
+
+
+def _read_pty(fd: int, marker: bytes, times: int) -> bytes:
+    out = b""
+    while out.count(marker) < times:
+        chunk = os.read(fd, 65536)
+        assert chunk, out.decode(errors="replace")
+        out += chunk
+    return out
+
+
+async def test_status_watch_on_a_terminal_redraws_in_place(
+    own_server: tuple[EmbeddedRedis, str], keys: Keys
+) -> None:
+    """On a terminal the view is redrawn in place (rich Live), still without scanning."""
+    import pty
+
+    _server, url = own_server
+    async with redis.asyncio.Redis.from_url(url) as client:
+        await client.xadd(keys.inbox("triage"), {"v": "1"})
+        await touch_targets(client, keys, ["triage"])
+    before = _scans(url)
+    leader, follower = pty.openpty()
+    proc = _on_terminal(url, keys.prefix, follower)
+    os.close(follower)
+    try:
+        out = await anyio.to_thread.run_sync(lambda: _read_pty(leader, b"Inbox streams at", 3))
+        proc.send_signal(signal.SIGINT)
+        code = await anyio.to_thread.run_sync(lambda: proc.wait(30))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(leader)
+    assert code == 130
+    assert b"\x1b[1A" in out or b"\x1b[2K" in out  # the cursor goes back up: a redraw
+    assert b"triage" in out
+    assert _scans(url) == before
+
+
 async def test_status_watch_scans_only_while_no_target_is_known(
     own_server: tuple[EmbeddedRedis, str], keys: Keys
 ) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import pytest
 import redis.asyncio
 
 from runtime import Keys, Settings
+from runtime.observability.metrics import MetricsRecorder
 from runtime.observability.spans import TraceRecorder, TraceSummary
 from runtime.observability.tracecontext import new_trace_id
 from tests.conftest import make_settings
@@ -138,3 +140,92 @@ async def test_trace_refuses_what_it_cannot_show(
     assert malformed.returncode == 2 and "Invalid value for 'RUN_ID'" in malformed.stderr
     for result in (unknown, untraced, gone, malformed):
         assert "Traceback" not in result.stderr
+
+
+def _record_fleet(keys: Keys, settings: Settings, clock: float) -> list[MetricsRecorder]:
+    """Two worker processes' records at the time *clock*: 2 × 10 triage runs (latency
+    100..109 ms, 120 tokens in and 30 out per model call), billing failures, tool calls and
+    retries."""
+    recorders = []
+    for process in ("box:1:0", "box:1:1"):
+        m = MetricsRecorder(keys, settings, process=process, clock=lambda: clock)
+        for i in range(10):
+            m.count("runs_completed", 1, agent="triage")
+            m.observe("run_latency", 100 + i, agent="triage")
+            m.count("model_calls", 1, agent="triage", model="gpt-4o")
+            m.count("tokens_in", 120, agent="triage", model="gpt-4o")
+            m.count("tokens_out", 30, agent="triage", model="gpt-4o")
+        m.count("runs_failed", 2, agent="billing")
+        m.count("tool_calls", 3, agent="billing", tool="lookup_invoice")
+        m.count("retries", 4, target="billing")
+        recorders.append(m)
+    return recorders
+
+
+TRIAGE = {
+    "agent": "triage", "runs_completed": 20.0, "runs_failed": 0.0, "model_calls": 20.0,
+    "tokens_in": 2400.0, "tokens_out": 600.0, "tool_calls": 0.0, "avg_latency_ms": 104.5,
+}  # fmt: skip
+BILLING = {
+    "agent": "billing", "runs_completed": 0.0, "runs_failed": 4.0, "model_calls": 0.0,
+    "tokens_in": 0.0, "tokens_out": 0.0, "tool_calls": 6.0, "avg_latency_ms": None,
+}  # fmt: skip
+
+
+async def test_metrics_per_agent_and_inbox_totals_and_a_window(
+    cli_args: list[str], client: redis.asyncio.Redis, keys: Keys, fast: Settings
+) -> None:
+    empty = run_cli(*cli_args, "metrics")
+    assert empty.returncode == 0, empty.stderr
+    assert "No metrics recorded yet" in empty.stdout
+    assert "history is off" not in empty.stderr  # Redis Stack: TimeSeries is there
+
+    for m in _record_fleet(keys, fast, time.time() - 2 * 3600):  # two hours ago
+        await m.flush(client)
+    await client.xadd(keys.inbox("billing"), {"v": "1"})
+    await client.xadd(keys.dlq("billing"), {"reason": "x"})
+
+    doc = json.loads(run_cli(*cli_args, "metrics", "--json").stdout)
+    assert doc["history"] is True and doc["window_s"] is None
+    assert doc["agents"] == [BILLING, TRIAGE]
+    [billing] = doc["inboxes"]  # read live: the inboxes there are
+    assert billing["target"] == "billing" and billing["length"] == 1 and billing["dlq"] == 1
+    assert billing["retries"] == 8.0
+
+    hour = json.loads(run_cli(*cli_args, "metrics", "--window", "1h", "--json").stdout)
+    assert hour["window_s"] == 3600
+    assert all(row[k] == 0 for row in hour["agents"] for k in ("runs_completed", "runs_failed"))
+    day = json.loads(run_cli(*cli_args, "metrics", "--window", "3h", "--json").stdout)
+    assert day["agents"] == [BILLING, TRIAGE] and day["inboxes"][0]["retries"] == 8.0
+
+    table = run_cli(*cli_args, "metrics", "--window", "3h")
+    assert table.returncode == 0, table.stderr
+    assert "Agents (last 3 h)" in table.stdout
+    triage = next(line for line in table.stdout.splitlines() if "triage" in line)
+    assert [cell.strip() for cell in triage.split("│")[1:-1]] == [
+        "triage", "20", "0", "104 ms", "2,400", "600", "20", "0"
+    ]  # fmt: skip
+    bad = run_cli(*cli_args, "metrics", "--window", "15x")
+    assert bad.returncode == 2 and "'15x' is not a window such as 90s, 15m" in bad.stderr
+
+
+async def test_metrics_without_timeseries_says_history_is_off(plain_redis_url: str) -> None:
+    """On a Redis without the module the totals are shown, and why there is no window."""
+    keys = Keys(f"awtest:{uuid.uuid4().hex[:12]}")
+    settings = make_settings(plain_redis_url, keys.prefix)
+    args = ["--redis-url", plain_redis_url, "--key-prefix", keys.prefix]
+    async with redis.asyncio.Redis.from_url(plain_redis_url) as client:
+        try:
+            for m in _record_fleet(keys, settings, time.time()):
+                await m.flush(client)
+            shown = run_cli(*args, "metrics", "--window", "15m")
+            doc = json.loads(run_cli(*args, "metrics", "--window", "15m", "--json").stdout)
+        finally:
+            found = [key async for key in client.scan_iter(match=f"{keys.prefix}:*")]
+            if found:
+                await client.delete(*found)
+    assert shown.returncode == 0, shown.stderr
+    assert "Metrics history is off: this Redis has no TimeSeries module." in shown.stderr
+    assert "Agents (since the deployment began)" in shown.stdout
+    assert doc["history"] is False and doc["window_s"] is None
+    assert doc["agents"] == [BILLING, TRIAGE]

@@ -11,6 +11,10 @@ __all__ = ["COMMANDS", "Context", "cli", "main", "pass_context"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("runtime.cli.config_cmd:config_group", "Show, check and document the settings."),
+    "dashboard": (
+        "runtime.cli.dashboard_cmd:dashboard",
+        "Serve the live web dashboard: workers, inboxes, runs, traces and charts.",
+    ),
     "demo": (
         "runtime.cli.demo_cmd:demo",
         "Run the demo agents end to end on the embedded Redis Stack (or REDIS_URL).",

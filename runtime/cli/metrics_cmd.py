@@ -116,7 +116,7 @@ async def _windowed(store: MetricsStore, totals: list[Total], window: float) -> 
         points = await store.range(
             metric, start, end, bucket_ms=end - start, labels=labels, reduce="sum", stat=stat
         )
-        return sum(value for _, value in points)
+        return float(sum(value for _, value in points))
 
     for agent in agents:
         row = figures.agents[agent]
@@ -154,7 +154,10 @@ def _number(value: float | None) -> str:
 def _scope(window: float | None) -> str:
     if window is None:
         return "since the deployment began"
-    return f"last {duration_ms(window * 1000)}"
+    for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):
+        if window >= seconds and window % seconds == 0:
+            return f"last {window / seconds:g} {unit}"
+    return f"last {window:g} s"
 
 
 def _agents_table(figures: Figures, window: float | None) -> Table:

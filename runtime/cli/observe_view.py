@@ -63,18 +63,18 @@ def duration_ms(ms: float | None) -> str:
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
 
 
-def age(at: float | None, now: float | None = None) -> str:
-    """How long ago the unix time *at* was: ``4 s ago``, ``3 min ago``, ``2 h ago``."""
+def age(at: float | None, now: float | None = None, suffix: str = " ago") -> str:
+    """How long ago the unix time *at* was: ``4 s ago``, ``3 min ago``, ``2.5 h ago``."""
     if not at:
         return "-"
     seconds = max(0.0, (time.time() if now is None else now) - at)
     if seconds < 60:
-        return f"{seconds:.0f} s ago"
+        return f"{seconds:.0f} s{suffix}"
     if seconds < 3600:
-        return f"{seconds / 60:.0f} min ago"
+        return f"{seconds / 60:.0f} min{suffix}"
     if seconds < 86400:
-        return f"{seconds / 3600:.1f} h ago"
-    return f"{seconds / 86400:.1f} d ago"
+        return f"{seconds / 3600:.1f} h{suffix}"
+    return f"{seconds / 86400:.1f} d{suffix}"
 
 
 def clock(at: float | None) -> str:

@@ -226,6 +226,8 @@ def _detail(event: Any) -> str:
         return short(f"← {data.get('output')}", 100)
     if event.type == "handoff":
         return f"{data.get('from')} → {data.get('to')}"
+    if event.type[4:] in _TERMINAL and event.type.startswith("run."):
+        return short(data.get("error") or "result stored", 100)  # the record above has it
     return short(json.dumps(data, default=str), 100) if data else "-"
 
 

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from runtime.cli.app import Context, existing_redis, pass_context
-from runtime.cli.observe_view import STATUS_STYLE, duration_ms
+from runtime.cli.observe_view import STATUS_STYLE, age
 from runtime.streams import StreamStatus, find_targets, stream_status
 
 if TYPE_CHECKING:
@@ -153,11 +153,18 @@ def _streams_table(streams: list[StreamStatus]) -> RenderableType:
             for g in s.groups
             for c in g.consumers
         )
-        age = "-" if s.oldest_pending_age_s is None else f"{s.oldest_pending_age_s:.1f} s"
+        oldest = "-" if s.oldest_pending_age_s is None else f"{s.oldest_pending_age_s:.1f} s"
         dlq = f"[red]{s.dlq}[/]" if s.dlq else "0"
         lag = "-" if not s.groups else "?" if s.lag is None else str(s.lag)
         table.add_row(
-            s.target, str(s.length), lag, str(s.pending), age, str(s.delayed), dlq, consumers or "-"
+            s.target,
+            str(s.length),
+            lag,
+            str(s.pending),
+            oldest,
+            str(s.delayed),
+            dlq,
+            consumers or "-",
         )
     return table
 
@@ -175,14 +182,13 @@ def _fleet_table(fleet: list[FleetMember]) -> Table:
             table.add_row(supervisor, http, "-", "-", "-", "-", "-", "-")
         for worker in member.workers:
             style = _STATE_STYLE.get(worker.state) or STATUS_STYLE.get(worker.state, "")
-            up = (now - worker.started_at) * 1000 if worker.started_at else None
             table.add_row(
                 supervisor,
                 http,
                 worker.name,
                 f"[{style}]{worker.state}[/]" if style else worker.state,
                 str(worker.pid or "-"),
-                duration_ms(up),
+                age(worker.started_at, now, suffix=""),
                 str(worker.runs),
                 "-" if worker.rss_mb is None else f"{worker.rss_mb:.0f} MiB",
             )
