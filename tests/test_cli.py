@@ -27,6 +27,7 @@ def run_cli(
     base.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "runtime.cli", *args],
+        stdin=subprocess.DEVNULL,  # the demo waits for Enter when stdin is a terminal
         capture_output=True,
         text=True,
         env=base,

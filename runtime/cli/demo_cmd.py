@@ -4,11 +4,14 @@ Starts Redis (the embedded Redis Stack unless a URL is set) and checks its modul
 demo app (``workers.demo:app``: triage → billing / technical) under the supervisor with two
 worker processes, submits a few conversations — one of them multi-turn, one continued by an
 app-published handoff — prints what happened and a status table, and shuts everything down.
+The web dashboard is served meanwhile (its address is printed); in a terminal the demo keeps
+it and the workers up until Enter is pressed.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 
 import anyio
@@ -27,6 +30,7 @@ from runtime.redis.modules import exercise_modules
 from runtime.settings import Settings
 from runtime.streams import stream_status
 from runtime.supervisor import Supervisor
+from runtime.web import DASHBOARD_ENDPOINT, WebState, bind_sockets, create_app, serve, url_of
 
 __all__ = ["demo"]
 
@@ -70,15 +74,61 @@ async def _demo(ctx: Context, keep_redis: bool) -> int:
             )
         worker_settings = ctx.settings if conn.embedded is None else _with_url(ctx, conn.url)
         supervisor = Supervisor(APP, worker_settings)
+        ended = anyio.Event()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(supervisor.run)
+            tg.start_soon(_supervise, supervisor, ended)
             out.print(f"Starting {settings.supervisor.workers} worker processes for {APP}…")
             await _until_ready(supervisor, settings.supervisor.workers)
-            failed = await _conversations(ctx, conn)
-            await _status(ctx, conn)
+            async with anyio.create_task_group() as web:
+                url = await web.start(_dashboard, ctx, conn)
+                out.print(f"Dashboard: {url}")
+                failed = await _conversations(ctx, conn)
+                await _status(ctx, conn)
+                if sys.stdin.isatty():
+                    out.print(f"\nThe dashboard stays up at {url}: press Enter to stop.")
+                    await _enter_or(ended)
+                web.cancel_scope.cancel()
             out.print("Stopping the workers (graceful drain)…")
             supervisor.stop()
     return failed
+
+
+async def _supervise(supervisor: Supervisor, ended: anyio.Event) -> None:
+    try:
+        await supervisor.run()
+    finally:
+        ended.set()
+
+
+async def _dashboard(
+    ctx: Context, conn: Connection, *, task_status: anyio.abc.TaskStatus[str]
+) -> None:
+    """Serve the dashboard until cancelled; reports its URL. The port is ``web.port`` when it
+    was set, else a free one (a demo must not fail on a port another program holds)."""
+    web = ctx.settings.web
+    port = web.port if ctx.resolved.sources["web.port"] != "default" else 0
+    sockets = bind_sockets(web.host, port, DASHBOARD_ENDPOINT)
+    app = create_app(WebState(conn.client, conn.keys, ctx.settings), dashboard=True)
+    async with anyio.create_task_group() as tg:
+        bound = await tg.start(serve, app, web.host, port, sockets)
+        task_status.started(url_of(web.host, bound))
+
+
+async def _enter_or(ended: anyio.Event) -> None:
+    """Wait for a line on stdin (Enter), or for *ended* (the supervisor stopped: Ctrl-C)."""
+    async with anyio.create_task_group() as tg:
+
+        async def enter() -> None:
+            await anyio.wait_readable(sys.stdin.fileno())
+            sys.stdin.readline()
+            tg.cancel_scope.cancel()
+
+        async def stopped() -> None:
+            await ended.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(enter)
+        tg.start_soon(stopped)
 
 
 def _with_url(ctx: Context, url: str) -> Settings:

@@ -76,7 +76,7 @@ class WorkerInfo(msgspec.Struct, frozen=True):
     started_at: float | None
     """When the process was spawned (unix seconds); ``None`` while none runs in the slot."""
     runs: int
-    """Entries (tasks and agent runs) it finished, as far as its supervisor knows."""
+    """Entries (tasks and agent runs) it handled, as it last reported to its supervisor."""
     rss_mb: float | None
     """Its resident memory (MiB), ``None`` when it cannot be read."""
 

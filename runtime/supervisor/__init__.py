@@ -1,6 +1,6 @@
-"""The supervisor of worker processes and its health endpoint."""
+"""The supervisor of worker processes (its HTTP endpoints are :mod:`runtime.web`)."""
 
-from runtime.supervisor.health import HealthServer, Probe
 from runtime.supervisor.supervisor import Supervisor
+from runtime.web.probes import Probe
 
-__all__ = ["HealthServer", "Probe", "Supervisor"]
+__all__ = ["Probe", "Supervisor"]

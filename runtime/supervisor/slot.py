@@ -4,7 +4,8 @@ The supervisor writes the effective settings as one JSON line on the worker's st
 that pipe open while it lives: when the supervisor dies, even by SIGKILL, the worker sees EOF
 and exits by itself (:mod:`runtime.worker.process`). The worker answers on its stdout:
 ``READY <pid>`` once it serves, then ``BUSY`` (its first handler started), ``RECYCLE <reason>``,
-``PAUSED <reason>`` (Redis refuses work: full, read-only, loading…) and ``RESUMED``.
+``PAUSED <reason>`` (Redis refuses work: full, read-only, loading…), ``RESUMED`` and
+``RUNS <n>`` (the entries it handled so far, for the fleet's view).
 
 A worker may report ``PAUSED`` before ``READY``: it waits for Redis, it is not failing to start,
 so the ready timeout is suspended until it reports ``RESUMED``; one that then exits (status 75
@@ -44,6 +45,10 @@ class Slot:
     index: int
     consumer: str
     process: Process | None = None
+    started_at: float | None = None
+    """When the running worker process was spawned (unix seconds); ``None`` while none runs."""
+    runs: int = 0
+    """Entries the running worker process handled, as it last reported (``RUNS <n>``)."""
     ready_at: float | None = None
     """Monotonic time of the worker's READY line; ``None`` until then."""
     paused: str | None = None
@@ -136,6 +141,8 @@ async def run_worker(
         command, stdin=-1, stdout=-1, stderr=None, start_new_session=True
     )
     slot.process = process
+    slot.started_at = time.time()
+    slot.runs = 0
     if stopping():  # the stop signals went out while it was being spawned
         send_signal(process, signal.SIGTERM)
     try:
@@ -164,6 +171,7 @@ async def run_worker(
             slot.paused = None
             slot.busy = False
             slot.process = None
+            slot.started_at = None
             await process.aclose()
 
 
@@ -197,6 +205,9 @@ def _status_line(slot: Slot, line: str) -> None:
         slot.recycle_reason = rest
     elif word == "BUSY":
         slot.busy = True
+    elif word == "RUNS":
+        with contextlib.suppress(ValueError):
+            slot.runs = int(rest)
     elif word == "PAUSED":
         if slot.fault is None:
             log.warning("worker.paused", slot=slot.index, reason=rest)

@@ -19,7 +19,10 @@
 - between ``min_workers`` and ``max_workers``, adds workers while the inboxes hold more than
   the running workers can take and removes one after ``scale_down_after_seconds`` of low backlog;
 - serves ``/healthz``, ``/readyz`` (503 while no worker is ready or every ready one is paused
-  by a Redis fault) and ``/metrics``; a port in use is one clear error;
+  by a Redis fault), ``/metrics`` (the fleet's figures from Redis and its own) and, with
+  ``web.dashboard``, the dashboard (:mod:`runtime.web`); a port in use is one clear error;
+- samples its inboxes' lag, pending and oldest pending age and publishes its workers to the
+  fleet every ``observability.sample_interval_seconds`` (:mod:`runtime.supervisor.sampler`);
 - on SIGTERM/SIGINT passes SIGTERM on, waits for the workers to drain, and exits 0.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -35,8 +39,6 @@ from collections import deque
 import anyio
 import msgspec
 import redis.asyncio
-from anyio.abc import SocketStream
-from anyio.streams.stapled import MultiListener
 
 from runtime.app import load_app
 from runtime.errors import RedisError, SupervisorError
@@ -45,8 +47,9 @@ from runtime.log import get_logger
 from runtime.redaction import redact_url
 from runtime.redis.connection import open_redis, translate_errors
 from runtime.settings.model import Settings
-from runtime.supervisor.health import HealthServer, Probe
+from runtime.supervisor.sampler import Sampler
 from runtime.supervisor.slot import Slot, WorkerExit, run_worker, send_signal
+from runtime.web import Probe, SupervisorFigures, WebState, bind_sockets, create_app, serve
 from runtime.worker.process import consumer_name, new_instance_id
 
 __all__ = ["Supervisor"]
@@ -70,6 +73,8 @@ class Supervisor:
         self.restarts = 0
         self.backlog = 0
         self.http_port: int | None = None
+        self.sampler: Sampler | None = None
+        """Samples the inboxes and publishes the fleet heartbeat (set once it runs)."""
         self.instance = new_instance_id()
         """This start's part of the workers' consumer names."""
         self._slots: dict[int, Slot] = {}
@@ -114,17 +119,11 @@ class Supervisor:
         """
         app = load_app(self.app_spec)  # fail here, once, rather than in every worker
         self._targets = app.targets
-        server, listener = None, None
         sup = self.settings.supervisor
-        if sup.http_port:
-            # bound before anything starts: a port in use is one clear error, not a traceback
-            server = HealthServer(
-                Probe(self._alive, self._not_ready, self._metrics), sup.http_host, sup.http_port
-            )
-            listener = await server.listen()
+        # bound before anything starts: a port in use is one clear error, not a traceback
+        sockets = bind_sockets(sup.http_host, sup.http_port) if sup.http_port else None
         async with contextlib.AsyncExitStack() as stack:
-            if listener is not None:
-                await stack.enter_async_context(listener)
+            stack.callback(_close, sockets or [])
             conn = await stack.enter_async_context(open_redis(self.settings))
             if conn.started_embedded:
                 log.info("supervisor.embedded_redis", url=redact_url(conn.url))
@@ -132,7 +131,7 @@ class Supervisor:
             self._child_settings = msgspec.json.encode(
                 msgspec.structs.replace(self.settings, redis=redis_settings)
             )
-            clean = await self._supervise(conn.client, conn.keys, server, listener)
+            clean = await self._supervise(conn.client, conn.keys, sockets)
         if self._failure is not None:
             raise SupervisorError(self._failure)
         return 0 if clean else 1
@@ -152,13 +151,14 @@ class Supervisor:
         self,
         client: redis.asyncio.Redis,
         keys: Keys,
-        server: HealthServer | None,
-        listener: MultiListener[SocketStream] | None,
+        sockets: list[socket.socket] | None,
     ) -> bool:
         async with anyio.create_task_group() as services:
             services.start_soon(self._watch_signals)
-            if server is not None:
-                self.http_port = await services.start(server.serve, listener)
+            if sockets is not None:
+                self.http_port = await services.start(self._serve_http, client, keys, sockets)
+            self.sampler = self._sampler(keys)
+            await services.start(self.sampler.run, client)
             log.info(
                 "supervisor.started",
                 app=self.app_spec,
@@ -182,6 +182,33 @@ class Supervisor:
         clean = self._failure is None and self._unclean_exits == 0
         log.info("supervisor.stopped", clean=clean, restarts=self.restarts)
         return clean
+
+    async def _serve_http(
+        self,
+        client: redis.asyncio.Redis,
+        keys: Keys,
+        sockets: list[socket.socket],
+        *,
+        task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        probe = Probe(self._alive, self._not_ready, self._figures)
+        app = create_app(WebState(client, keys, self.settings, probe))
+        host, port = self.settings.supervisor.http_host, self.settings.supervisor.http_port
+        await serve(app, host, port, sockets, task_status=task_status)
+
+    def _sampler(self, keys: Keys) -> Sampler:
+        http = None
+        if self.http_port is not None:
+            http = f"{self.settings.supervisor.http_host}:{self.http_port}"
+        return Sampler(
+            keys,
+            self.settings,
+            instance=f"{socket.gethostname()}:{self.instance}",
+            targets=self._targets,
+            slots=lambda: list(self._slots.values()),
+            stopping=self._stopping.is_set,
+            http=http,
+        )
 
     def _add_slot(self, group: anyio.abc.TaskGroup) -> Slot:
         index = next(i for i in range(len(self._slots) + 1) if i not in self._slots)
@@ -368,21 +395,19 @@ class Supervisor:
             return f"every worker is paused: {paused[0]}"
         return None
 
-    def _metrics(self) -> str:
-        lines = [
-            "# HELP agents_worker_workers Worker processes by state.",
-            "# TYPE agents_worker_workers gauge",
-            f'agents_worker_workers{{state="ready"}} {self.ready_workers}',
-            f'agents_worker_workers{{state="running"}} {len(self.worker_pids)}',
-            f'agents_worker_workers{{state="paused"}} {self.paused_workers}',
-            "# HELP agents_worker_worker_restarts_total Worker processes restarted after a crash.",
-            "# TYPE agents_worker_worker_restarts_total counter",
-            f"agents_worker_worker_restarts_total {self.restarts}",
-            "# HELP agents_worker_backlog Entries waiting or in flight (last autoscaler reading).",
-            "# TYPE agents_worker_backlog gauge",
-            f"agents_worker_backlog {self.backlog}",
-        ]
-        return "\n".join(lines) + "\n"
+    def _figures(self) -> SupervisorFigures:
+        return SupervisorFigures(
+            ready=self.ready_workers,
+            running=len(self.worker_pids),
+            paused=self.paused_workers,
+            restarts=self.restarts,
+            backlog=self.backlog,
+        )
+
+
+def _close(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
 
 
 async def _backlog(client: redis.asyncio.Redis, keys: Keys, targets: list[str]) -> int:

@@ -17,6 +17,7 @@ from runtime.web.server import (
     Endpoint,
     bind_sockets,
     serve,
+    url_of,
 )
 from runtime.web.state import WebState
 
@@ -31,4 +32,5 @@ __all__ = [
     "create_app",
     "require_token",
     "serve",
+    "url_of",
 ]

@@ -13,13 +13,10 @@ figures read from Redis at scrape time plus the supervisor's own gauges,
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from collections.abc import Callable
-
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
+from runtime.web.dashboard import dashboard_routes
 from runtime.web.metrics import metrics_route
 from runtime.web.probes import probe_routes
 from runtime.web.state import WebState
@@ -32,16 +29,7 @@ def create_app(state: WebState, *, dashboard: bool | None = None) -> Starlette:
     ``web.dashboard``)."""
     routes: list[BaseRoute] = [*probe_routes(state.probe), metrics_route(state)]
     if state.settings.web.dashboard if dashboard is None else dashboard:
-        routes.extend(_dashboard_routes()(state))
+        routes.extend(dashboard_routes(state))
     app = Starlette(routes=routes)
     app.state.web = state
     return app
-
-
-def _dashboard_routes() -> Callable[[WebState], list[BaseRoute]]:
-    """``runtime.web.dashboard.dashboard_routes``, or no routes while it is not there yet."""
-    if importlib.util.find_spec("runtime.web.dashboard") is None:
-        return lambda state: []
-    module = importlib.import_module("runtime.web.dashboard")
-    routes: Callable[[WebState], list[BaseRoute]] | None = getattr(module, "dashboard_routes", None)
-    return routes or (lambda state: [])

@@ -33,7 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from runtime.errors import RedisError
 from runtime.log import get_logger
-from runtime.observability.metrics import METRICS
+from runtime.observability.metrics import LATENCY_BUCKETS_MS, METRICS
 from runtime.observability.timeseries import MetricsStore, Total
 from runtime.web.probes import SupervisorFigures
 from runtime.web.state import WebState
@@ -129,7 +129,11 @@ def _counters(totals: Iterable[Total]) -> Iterator[Metric]:
 
 
 def _histograms(totals: Iterable[Total]) -> Iterator[Metric]:
-    """Latency totals (ms) as histograms in seconds."""
+    """Latency totals (ms) as histograms in seconds, every bucket bound present.
+
+    The totals hold a cumulative bucket once an observation fell in it or below; a bound
+    missing from them had none, so it is served as 0.
+    """
     families: dict[str, Metric] = {}
     for total in totals:
         found = _latency_part(total)
@@ -144,8 +148,26 @@ def _histograms(totals: Iterable[Total]) -> Iterator[Metric]:
         value = total.value / 1000 if part == "sum" else total.value
         family.add_sample(f"{name}_{part}", labels, value)
     for family in families.values():
+        _fill_buckets(family)
         family.samples.sort(key=_histogram_order)
         yield family
+
+
+def _fill_buckets(family: Metric) -> None:
+    bucket = family.name + "_bucket"
+    label_sets: dict[str, dict[str, str]] = {}
+    present: set[tuple[str, str]] = set()
+    for sample in family.samples:
+        rest = {k: v for k, v in sample.labels.items() if k != "le"}
+        key = repr(sorted(rest.items()))
+        label_sets[key] = rest
+        if sample.name == bucket:
+            present.add((key, sample.labels["le"]))
+    for key, rest in label_sets.items():
+        for bound_ms in LATENCY_BUCKETS_MS:
+            le = _seconds_bound(repr(bound_ms))
+            if (key, le) not in present:
+                family.add_sample(bucket, {**rest, "le": le}, 0.0)
 
 
 def _gauges(gauges: Iterable[Total]) -> Iterator[Metric]:

@@ -33,6 +33,7 @@ __all__ = [
     "Endpoint",
     "bind_sockets",
     "serve",
+    "url_of",
 ]
 
 log = get_logger(__name__)
@@ -151,9 +152,7 @@ async def serve(
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_serve_shielded, server, sockets)
-            log.info(
-                "web.listening", host=host, port=bound, url=f"http://{_url_host(host)}:{bound}"
-            )
+            log.info("web.listening", host=host, port=bound, url=url_of(host, bound))
             task_status.started(bound)
             try:
                 await anyio.sleep_forever()
@@ -177,10 +176,13 @@ def _quiet_uvicorn() -> None:
         logger.setLevel(logging.WARNING)
 
 
-def _url_host(host: str) -> str:
+def url_of(host: str, port: int) -> str:
+    """The URL a browser on this host opens for a server bound to *host*:*port*."""
     if host in ("", "0.0.0.0", "::"):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/"
 
 
 def _bind_error(host: str, port: int, exc: OSError, endpoint: Endpoint) -> str:

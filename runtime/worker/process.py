@@ -3,9 +3,10 @@
 Started by the supervisor (``--settings-stdin``), which writes the effective settings as one
 line of JSON on its stdin and then keeps that pipe open for as long as it lives: the pipe is
 the supervisor's liveness. The worker reads status lines on its stdout to the supervisor
-(``READY <pid>``, ``RECYCLE <reason>``, ``PAUSED <reason>``, ``RESUMED``); the process's own
-output goes to stderr. Run by hand (no ``--settings-stdin``) it loads settings like the CLI
-does and gets a consumer name of its own.
+(``READY <pid>``, ``RECYCLE <reason>``, ``PAUSED <reason>``, ``RESUMED``, and ``RUNS <n>``:
+the entries handled so far, every ``observability.sample_interval_seconds`` while it changes,
+for the fleet's view); the process's own output goes to stderr. Run by hand (no
+``--settings-stdin``) it loads settings like the CLI does and gets a consumer name of its own.
 
 Signals: the first SIGTERM or SIGINT drains gracefully and exits 0; a second exits at once.
 
@@ -212,6 +213,9 @@ async def _work(
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals, worker, liveness)
+            if channel is not None:
+                every = settings.observability.sample_interval_seconds
+                tg.start_soon(_report_runs, worker, channel, every)
             if liveness is not None:
                 tg.start_soon(_stop_when_orphaned, worker, liveness)
             async with anyio.create_task_group() as serving:
@@ -220,6 +224,16 @@ async def _work(
                 _say(channel, f"READY {os.getpid()}")
             tg.cancel_scope.cancel()  # worker.run returned: drained and released
     return 0
+
+
+async def _report_runs(worker: Worker, channel: TextIO, every: float) -> None:
+    """``RUNS <n>`` (entries handled so far) every *every* seconds while it changes."""
+    said = 0
+    while True:
+        await anyio.sleep(every)
+        if worker.stats.handled != said:
+            said = worker.stats.handled
+            _say(channel, f"RUNS {said}")
 
 
 async def _stop_when_orphaned(worker: Worker, liveness: _Liveness) -> None:
