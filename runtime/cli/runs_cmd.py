@@ -7,7 +7,7 @@ the run's record and event stream; ``runs cancel`` asks the worker to stop a run
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
@@ -15,6 +15,13 @@ from rich.table import Table
 
 from runtime.cli.app import Context, existing_redis, pass_context
 from runtime.cli.observe_view import age, check_id, clock, duration_ms, short, styled_status
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+    from runtime.agents.protocol import RunEvent, RunResult
+    from runtime.agents.runs import RunStore
+    from runtime.observability.lifecycle import RunSummary
 
 __all__ = ["runs_group"]
 
@@ -31,7 +38,7 @@ def runs_group() -> None:
 @runs_group.command("list")
 @click.option("--status", type=click.Choice(_STATUSES), help="Only runs whose latest status is S.")
 @click.option("--agent", help="Only runs of this agent.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_context
 def list_runs(
@@ -47,7 +54,9 @@ async def _list(
     from runtime.observability.lifecycle import recent_runs
 
     async with existing_redis(ctx) as conn:
-        rows = await recent_runs(conn.client, conn.keys, limit=limit, status=status, agent=agent)
+        rows = await recent_runs(
+            conn.client, conn.keys, limit=limit, status=status, agent=agent, scan=_scan(limit)
+        )
     if as_json:
         click.echo(json.dumps([_summary_doc(row) for row in rows], indent=2))
         return
@@ -75,7 +84,12 @@ async def _list(
     ctx.console.print(table)
 
 
-def _summary_doc(row: Any) -> dict[str, Any]:
+def _scan(limit: int) -> int:
+    """Lifecycle events to read for *limit* runs (a run writes about three)."""
+    return max(2000, 4 * limit)
+
+
+def _summary_doc(row: RunSummary) -> dict[str, Any]:
     names = ("run_id", "agent", "status", "at", "session", "trace_id", "worker")
     doc = {name: getattr(row, name) for name in names}
     doc.update(duration_ms=row.duration_ms, error=row.error)
@@ -110,13 +124,13 @@ async def _show(ctx: Context, run_id: str, as_json: bool) -> None:
     ctx.console.print(_events_table(events, result.submitted_at))
 
 
-async def _record_extras(client: Any, key: str) -> dict[str, str]:
+async def _record_extras(client: redis.asyncio.Redis, key: str) -> dict[str, str]:
     """The record's fields beyond :class:`RunResult`'s: its trace, attempts, cancel mark."""
     from runtime.redis.connection import translate_errors
 
     names = ("trace_id", "attempts", "cancel_requested")
     with translate_errors("read a run"):
-        values = await client.hmget(key, names)
+        values: list[Any] = await client.hmget(key, names)
     return {
         name: value.decode() if isinstance(value, bytes) else str(value)
         for name, value in zip(names, values, strict=True)
@@ -124,8 +138,8 @@ async def _record_extras(client: Any, key: str) -> dict[str, str]:
     }
 
 
-async def _all_events(store: Any, run_id: str) -> list[Any]:
-    events: list[Any] = []
+async def _all_events(store: RunStore, run_id: str) -> list[RunEvent]:
+    events: list[RunEvent] = []
     after = "0-0"
     while len(events) < _MAX_EVENTS:
         batch = await store.read_events(run_id, after)
@@ -136,7 +150,7 @@ async def _all_events(store: Any, run_id: str) -> list[Any]:
     return events
 
 
-def _record_doc(result: Any, extra: dict[str, str]) -> dict[str, Any]:
+def _record_doc(result: RunResult, extra: dict[str, str]) -> dict[str, Any]:
     import msgspec
 
     doc: dict[str, Any] = msgspec.to_builtins(result)
@@ -162,7 +176,7 @@ def _record_table(doc: dict[str, Any]) -> Table:
         ("status", status),
         ("agent", doc["agent"] + (f" (last: {last})" if last and last != doc["agent"] else "")),
         ("session", doc.get("session_id") or "-"),
-        ("trace", doc["trace_id"] or "-"),
+        ("trace", _trace_hint(doc)),
         ("worker", doc.get("worker") or "-"),
         ("attempts", str(doc["attempts"])),
         ("submitted", f"{clock(doc['submitted_at'])} ({age(doc['submitted_at'])})"),
@@ -183,15 +197,21 @@ def _record_table(doc: dict[str, Any]) -> Table:
     return table
 
 
+def _trace_hint(doc: dict[str, Any]) -> str:
+    if not doc["trace_id"]:
+        return "-"
+    return f"{doc['trace_id']} [dim](agents-worker trace {doc['run_id']})[/]"
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def _event_doc(event: Any) -> dict[str, Any]:
+def _event_doc(event: RunEvent) -> dict[str, Any]:
     return {"id": event.id, "type": event.type, "at": event.at, "data": event.data}
 
 
-def _events_table(events: list[Any], since: float) -> Table:
+def _events_table(events: list[RunEvent], since: float) -> Table:
     table = Table("at", "+", "event", "detail", title=f"Events ({len(events)})", highlight=False)
     folded = _fold_deltas(events)
     for event, count in folded:
@@ -203,9 +223,9 @@ def _events_table(events: list[Any], since: float) -> Table:
     return table
 
 
-def _fold_deltas(events: list[Any]) -> list[tuple[Any, int]]:
+def _fold_deltas(events: list[RunEvent]) -> list[tuple[RunEvent, int]]:
     """Consecutive ``message.delta`` events as one row (the whole message follows them)."""
-    folded: list[tuple[Any, int]] = []
+    folded: list[tuple[RunEvent, int]] = []
     for event in events:
         if folded and event.type == "message.delta" and folded[-1][0].type == "message.delta":
             folded[-1] = (folded[-1][0], folded[-1][1] + 1)
@@ -214,7 +234,7 @@ def _fold_deltas(events: list[Any]) -> list[tuple[Any, int]]:
     return folded
 
 
-def _detail(event: Any) -> str:
+def _detail(event: RunEvent) -> str:
     data = event.data
     if event.type == "message.delta":
         return "(streamed text)"
