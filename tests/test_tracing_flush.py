@@ -96,7 +96,7 @@ async def test_a_process_is_flushed_once_on_its_way_out(
     tid = new_trace_id()
     args = [sys.executable, "-c", EXIT_SCRIPT, redis_url, keys.prefix, tid, ending]
     done = await anyio.to_thread.run_sync(
-        lambda: subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        lambda: subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=45)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "done"

@@ -62,9 +62,13 @@ async def test_list_traces_pages_filters_and_keeps_one_row_per_trace(
         recorder.end_trace(TraceSummary(trace_id=tid, name=name, start=n, end=n + 1, status="ok"))
     # the same trace's summary again (e.g. a retried flush): listed once, newest first
     recorder.end_trace(TraceSummary(trace_id=tids[0], name="triage run", start=0, end=9))
+    for n in range(3):  # spans of the first trace: counted when listed
+        recorder.span(tids[0], f"s{n}", "custom", start=n, end=n + 1.0)
     await recorder.flush(client)
     store = TraceStore(client, keys)
-    assert [s.trace_id for s in await store.list_traces()] == [tids[0], *reversed(tids[1:])]
+    listed = await store.list_traces()
+    assert [s.trace_id for s in listed] == [tids[0], *reversed(tids[1:])]
+    assert [s.spans for s in listed] == [3, 0, 0, 0, 0, 0]
     first = await store.list_entries(2)
     assert [s.trace_id for _, s in first] == [tids[0], tids[5]]
     after = await store.list_traces(2, before=first[-1][0])

@@ -197,7 +197,17 @@ class TraceStore:
         count = min(_SCAN_MAX, limit * _SCAN_FACTOR) if name else limit * 2
         with translate_errors("list traces"):
             entries = await self.client.xrevrange(self.stream, top, "-", count=count)
-        return self._pick(list(entries or []), limit, name)
+            picked = self._pick(list(entries or []), limit, name)
+            if not picked:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for _, summary in picked:  # the spans now stored (the entry's count may be 0)
+                pipe.hlen(self.keys.trace_spans(summary.trace_id))
+            counts = await pipe.execute()
+        return [
+            (entry_id, msgspec.structs.replace(summary, spans=int(count) or summary.spans))
+            for (entry_id, summary), count in zip(picked, counts, strict=True)
+        ]
 
     @staticmethod
     def _pick(

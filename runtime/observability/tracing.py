@@ -29,9 +29,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import anyio
 import msgspec
-import redis.asyncio
 from agents.tracing import (
     Span,
     SpanData,
@@ -45,13 +43,13 @@ from agents.tracing.span_data import (
     ResponseSpanData,
     TurnSpanData,
 )
-from anyio.from_thread import BlockingPortal
 
 from runtime.errors import AgentsWorkerError, ConfigError
 from runtime.keys import Keys
 from runtime.log import get_logger
 from runtime.observability.spans import SpanRecord, SpanStatus, TraceRecorder, TraceSummary, clip
 from runtime.observability.trace_store import TraceStore
+from runtime.observability.trace_writer import TraceWriterThread
 from runtime.observability.tracecontext import trace_id_of
 from runtime.redis.connection import create_client
 from runtime.settings import Settings, load_settings
@@ -221,59 +219,6 @@ class _Binding(msgspec.Struct, frozen=True):
     attrs: dict[str, Any]
 
 
-class _Background:
-    """The standalone processor's writer: a daemon thread running its own event loop, with
-    its own Redis client and the recorder's flusher. A daemon thread, so that a process that
-    never calls ``shutdown`` still exits (the SDK's exit handler then flushes through it)."""
-
-    def __init__(self, recorder: TraceRecorder, settings: Settings, url: str) -> None:
-        self.recorder = recorder
-        self.settings = settings
-        self.url = url
-        self.portal: BlockingPortal | None = None
-        self.client: redis.asyncio.Redis | None = None
-        self._stop: anyio.Event | None = None
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._thread_main, name="aw-traces", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._failure is not None:
-            raise ConfigError(f"the trace writer could not start: {self._failure}")
-
-    def _thread_main(self) -> None:
-        try:
-            anyio.run(self._main)
-        except BaseException as exc:  # reported to the constructor, or logged
-            self._failure = exc
-            log.exception("tracing.writer_failed")
-        finally:
-            self._ready.set()
-
-    async def _main(self) -> None:
-        client = create_client(self.settings.redis, self.url)
-        self._stop = anyio.Event()
-        try:
-            async with BlockingPortal() as portal, anyio.create_task_group() as tg:
-                await tg.start(self.recorder.run, client)
-                self.client, self.portal = client, portal
-                self._ready.set()
-                await self._stop.wait()
-                tg.cancel_scope.cancel()  # recorder.run flushes once more on its way out
-        finally:
-            with anyio.CancelScope(shield=True):
-                await client.aclose()
-
-    def flush(self) -> None:
-        if self.portal is not None and self.client is not None:
-            self.portal.call(self.recorder.flush, self.client)
-
-    def stop(self, timeout: float) -> None:
-        if self.portal is not None and self._stop is not None:
-            self.portal.call(self._stop.set)
-        self._thread.join(timeout)
-
-
 class RedisTracingProcessor(TracingProcessor):
     """Stores the SDK's traces and spans in Redis (see the module docstring).
 
@@ -298,7 +243,7 @@ class RedisTracingProcessor(TracingProcessor):
         self._traces: dict[str, _TraceState] = {}
         self._bindings: dict[str, _Binding] = {}
         self._closed = False
-        self._background: _Background | None = None
+        self._background: TraceWriterThread | None = None
         self.redis_url = redis_url or self.settings.redis.url or os.environ.get("REDIS_URL")
         if recorder is not None:
             self.recorder = recorder
@@ -313,7 +258,7 @@ class RedisTracingProcessor(TracingProcessor):
         self.recorder = TraceRecorder(
             self.keys, self.settings, stream=self.stream, ttl_seconds=trace_ttl
         )
-        self._background = _Background(self.recorder, self.settings, self.redis_url)
+        self._background = TraceWriterThread(self.recorder, self.settings, self.redis_url)
 
     # --- binding the SDK trace of a run to the runtime's attempt span ---------------------
     def bind(self, sdk_trace_id: str, parent_span_id: str, attrs: Mapping[str, Any]) -> None:
