@@ -153,6 +153,12 @@
     }
   }
 
+  function latencyTick(v) {
+    if (v === 0) return "0";
+    if (v >= 1000) return +(v / 1000).toFixed(2) + " s";
+    return (v < 10 ? +v.toFixed(1) : Math.round(v)) + " ms";
+  }
+
   function renderCharts(data) {
     const throughput = $("chart-throughput");
     const latency = $("chart-latency");
@@ -167,7 +173,7 @@
     drawChart("throughput", throughput, [["completed", colour("--ok")], ["failed", colour("--bad")]],
       [data.x, data.completed, data.failed], perMinute, 4);
     drawChart("latency", latency, [["avg run latency", colour("--accent")]], [data.x, data.latency_ms],
-      (v) => (v === 0 ? "0" : duration(v)), 10);
+      latencyTick, 10);
   }
 
   /* --- the feed ---------------------------------------------------------------------- */
