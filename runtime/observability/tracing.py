@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -77,9 +77,12 @@ def _unix(iso: str | None) -> float | None:
     if not iso:
         return None
     try:
-        return datetime.fromisoformat(iso).timestamp()
+        moment = datetime.fromisoformat(iso)
     except ValueError:
         return None
+    if moment.tzinfo is None:  # the SDK writes UTC; a provider of a user's may not say so
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def _label(data: SpanData) -> str:
