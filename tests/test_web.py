@@ -45,10 +45,11 @@ class Reply:
     body: str
 
 
-def _request(url: str, method: str, headers: dict[str, str]) -> Reply:
-    request = urllib.request.Request(url, method=method, headers=headers)
+def request(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> Reply:
+    """One HTTP request (blocking): the reply, whatever its status."""
+    prepared = urllib.request.Request(url, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=5) as reply:
+        with urllib.request.urlopen(prepared, timeout=5) as reply:
             return Reply(reply.status, dict(reply.headers.items()), reply.read().decode())
     except urllib.error.HTTPError as exc:
         return Reply(exc.code, dict(exc.headers.items()), exc.read().decode())
@@ -58,7 +59,7 @@ async def fetch(
     port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None
 ) -> Reply:
     url = f"http://127.0.0.1:{port}{path}"
-    return await anyio.to_thread.run_sync(_request, url, method, headers or {})
+    return await anyio.to_thread.run_sync(request, url, method, headers)
 
 
 @asynccontextmanager
