@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_ATTR_CHARS",
     "MAX_BUFFERED_SPANS",
+    "Deferred",
     "SpanListener",
     "SpanRecord",
     "SpanStatus",
@@ -100,6 +101,42 @@ class TraceSummary(msgspec.Struct, frozen=True, kw_only=True):
 
 SpanListener = Callable[[SpanRecord], None]
 
+
+class Deferred:
+    """A span to be built at the next flush, in a worker thread: what the SDK's processor
+    records, so converting its spans costs the agent's loop nothing."""
+
+    __slots__ = ("_make", "_value", "ended")
+
+    def __init__(self, make: Callable[[], SpanRecord], *, ended: bool) -> None:
+        self._make: Callable[[], SpanRecord] | None = make
+        self._value: SpanRecord | None = None
+        self.ended = ended
+
+    def get(self) -> SpanRecord | None:
+        """The span (built once); None when building it failed (logged)."""
+        make = self._make
+        if make is not None:
+            self._make = None
+            try:
+                self._value = make()
+            except Exception:
+                log.exception("tracing.span_unreadable")
+        return self._value
+
+
+Pending = SpanRecord | Deferred
+
+
+def _resolve(items: Iterable[Pending]) -> list[SpanRecord]:
+    out = []
+    for item in items:
+        span = item.get() if isinstance(item, Deferred) else item
+        if span is not None:
+            out.append(span)
+    return out
+
+
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -159,10 +196,10 @@ class _Buffer:
     __slots__ = ("ended", "spans", "started", "summaries")
 
     def __init__(self) -> None:
-        self.spans: deque[SpanRecord] = deque()
+        self.spans: deque[Pending] = deque()
         self.started: deque[TraceSummary] = deque()
         self.summaries: deque[TraceSummary] = deque()
-        self.ended: deque[SpanRecord] = deque()
+        self.ended: deque[Pending] = deque()
 
 
 class TraceRecorder:
@@ -204,15 +241,17 @@ class TraceRecorder:
         self._flush_lock: anyio.Lock | None = None
 
     # --- recording (sync, no I/O) -------------------------------------------------------
-    def record(self, span: SpanRecord) -> None:
-        """Buffer *span* (a start, status running, or an end); never blocks on I/O."""
+    def record(self, span: SpanRecord | Deferred) -> None:
+        """Buffer *span* (a start, status running, or an end; or one to build at the flush);
+        never blocks on I/O."""
         if not self.enabled and not self._listeners:
             return
+        ended = span.ended if isinstance(span, Deferred) else span.end is not None
         with self._lock:
             if self.enabled:
                 self._buf.spans.append(span)
                 self._trim()
-            if self._listeners and span.end is not None:
+            if self._listeners and ended:
                 self._buf.ended.append(span)
                 while len(self._buf.ended) > self.max_spans:
                     self._buf.ended.popleft()
@@ -299,7 +338,7 @@ class TraceRecorder:
             log.warning("tracing.buffer_full", cap=self.max_spans, dropped_total=self.dropped)
 
     # --- flushing ------------------------------------------------------------------------
-    def _take(self) -> tuple[list[SpanRecord], list[TraceSummary], list[TraceSummary]]:
+    def _take(self) -> tuple[list[Pending], list[TraceSummary], list[TraceSummary]]:
         with self._lock:
             buf = self._buf
             taken = (list(buf.spans), list(buf.started), list(buf.summaries))
@@ -308,7 +347,7 @@ class TraceRecorder:
             buf.summaries.clear()
             return taken
 
-    def _take_ended(self) -> list[SpanRecord]:
+    def _take_ended(self) -> list[Pending]:
         with self._lock:
             ended = list(self._buf.ended)
             self._buf.ended.clear()
@@ -324,27 +363,32 @@ class TraceRecorder:
             buf.summaries.extendleft(reversed(ended))
             self._trim()
 
-    def _call_listeners(self, spans: Iterable[SpanRecord]) -> None:
-        for span in spans:
+    def _prepare(self, spans: list[Pending], ended: list[Pending]) -> list[SpanRecord]:
+        """Build the deferred spans and call the listeners (in a worker thread)."""
+        built = _resolve(spans)
+        for span in _resolve(ended):
             for fn in list(self._listeners):
                 try:
                     fn(span)
                 except Exception:
                     log.exception("tracing.listener_failed", listener=repr(fn), span=span.name)
+        return built
 
     async def flush(self, client: redis.asyncio.Redis) -> int:
         """Write everything buffered in one pipeline; returns the number of items written.
 
-        Listeners get the ended spans first (in a worker thread). On a Redis error the batch
-        is put back (the buffer's bound still holds) and the translated error raised.
+        The deferred spans are built and the listeners get the ended spans first, in a
+        worker thread. On a Redis error the batch is put back (the buffer's bound still
+        holds) and the translated error raised.
         """
         if self._flush_lock is None:
             self._flush_lock = anyio.Lock()
         async with self._flush_lock:
             ended = self._take_ended()
-            if ended:
-                await anyio.to_thread.run_sync(self._call_listeners, ended)
-            spans, started, summaries = self._take()
+            pending, started, summaries = self._take()
+            spans: list[SpanRecord] = []
+            if pending or ended:
+                spans = await anyio.to_thread.run_sync(self._prepare, pending, ended)
             if not (spans or started or summaries):
                 return 0
             try:

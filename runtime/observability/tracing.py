@@ -20,6 +20,7 @@ event loop and do no I/O: they convert the span and buffer it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -27,6 +28,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -39,15 +41,20 @@ from agents.tracing import (
     set_trace_processors,
 )
 from agents.tracing.span_data import (
-    HandoffSpanData,
     ResponseSpanData,
-    TurnSpanData,
 )
 
 from runtime.errors import AgentsWorkerError, ConfigError
 from runtime.keys import Keys
 from runtime.log import get_logger
-from runtime.observability.spans import SpanRecord, SpanStatus, TraceRecorder, TraceSummary, clip
+from runtime.observability.spans import (
+    Deferred,
+    SpanRecord,
+    SpanStatus,
+    TraceRecorder,
+    TraceSummary,
+    clip,
+)
 from runtime.observability.trace_store import TraceStore
 from runtime.observability.trace_writer import TraceWriterThread
 from runtime.observability.tracecontext import trace_id_of
@@ -64,6 +71,7 @@ _SHUTDOWN_SECONDS = 10.0
 _MAX_OPEN = 10_000
 
 
+@functools.lru_cache(maxsize=4096)
 def trace_hex(sdk_trace_id: str) -> str:
     """Our 32-hex trace id for an SDK trace id: its hex part (``trace_<32 hex>``), else a
     stable hash of the whole id (a user may pick any id)."""
@@ -87,10 +95,13 @@ def _unix(iso: str | None) -> float | None:
 
 def _label(data: SpanData) -> str:
     """The type's own name field: agent/function/guardrail/custom name, model, server…"""
-    if isinstance(data, HandoffSpanData):
-        return f"{data.from_agent or '?'} → {data.to_agent or '?'}"
-    if isinstance(data, TurnSpanData):
-        return f"{data.turn} ({data.agent_name})"
+    kind = data.type
+    if kind == "handoff":
+        return (
+            f"{getattr(data, 'from_agent', None) or '?'} → {getattr(data, 'to_agent', None) or '?'}"
+        )
+    if kind == "turn":
+        return f"{getattr(data, 'turn', '?')} ({getattr(data, 'agent_name', '?')})"
     if isinstance(data, ResponseSpanData):
         response = data.response
         return str(response.model) if response is not None else ""
@@ -189,7 +200,7 @@ def span_record(
     label = _label(data)
     start = _unix(span.started_at) or time.time()
     end = (_unix(span.ended_at) or time.time()) if ended else None
-    error = _error_text(span)
+    error = _error_text(span) if ended else None
     status: SpanStatus = "running" if not ended else "error" if error else "ok"
     return SpanRecord(
         trace_id=trace_hex(span.trace_id),
@@ -268,8 +279,9 @@ class RedisTracingProcessor(TracingProcessor):
         """Parent the root spans of SDK trace *sdk_trace_id* on *parent_span_id* (the
         runtime's attempt span) and add *attrs* (run_id, agent, worker, app) to every span of
         it. A bound trace's summary is written by the binder (the worker), not here."""
+        merged = {**self.recorder.resource, **attrs}
         with self._lock:
-            self._bindings[sdk_trace_id] = _Binding(parent_span_id, dict(attrs))
+            self._bindings[sdk_trace_id] = _Binding(parent_span_id, merged)
             _forget_oldest(self._bindings)
 
     def unbind(self, sdk_trace_id: str) -> None:
@@ -317,40 +329,43 @@ class RedisTracingProcessor(TracingProcessor):
 
     def on_span_start(self, span: Span[Any]) -> None:
         try:
-            record = self._convert(span, ended=False)
-            self._note(span.trace_id, record)
-            self.recorder.record(record)
+            self._record(span, ended=False)
         except Exception:
             log.exception("tracing.callback_failed", callback="on_span_start")
 
     def on_span_end(self, span: Span[Any]) -> None:
         try:
-            record = self._convert(span, ended=True)
-            self._note(span.trace_id, record)
-            self.recorder.record(record)
+            self._record(span, ended=True)
         except Exception:
             log.exception("tracing.callback_failed", callback="on_span_end")
 
-    def _convert(self, span: Span[Any], *, ended: bool) -> SpanRecord:
+    def _record(self, span: Span[Any], *, ended: bool) -> None:
+        """Buffer the span, to be converted at the flush (off the agent's loop); note what
+        the trace's summary needs at once."""
+        sdk_id = span.trace_id
+        data = span.span_data
         with self._lock:
-            binding = self._bindings.get(span.trace_id)
+            binding = self._bindings.get(sdk_id)
+            if data.type == "agent":
+                self._note(sdk_id, data, span.error if ended else None)
         if binding is None:
-            return span_record(span, ended=ended, attrs=self.recorder.resource)
-        attrs = {**self.recorder.resource, **binding.attrs}
-        return span_record(span, ended=ended, parent_id=binding.parent_id, attrs=attrs)
+            make = partial(span_record, span, ended=ended, attrs=self.recorder.resource)
+        else:
+            make = partial(
+                span_record, span, ended=ended, parent_id=binding.parent_id, attrs=binding.attrs
+            )
+        self.recorder.record(Deferred(make, ended=ended))
 
-    def _note(self, sdk_id: str, record: SpanRecord) -> None:
-        """Keep what the trace's summary needs: its first agent, an agent's error."""
-        if record.kind != "agent":
+    def _note(self, sdk_id: str, data: Any, error: Any) -> None:
+        """Keep the trace's first agent and an agent's error (with the lock held)."""
+        state = self._traces.get(sdk_id)
+        if state is None:
             return
-        with self._lock:
-            state = self._traces.get(sdk_id)
-            if state is None:
-                return
-            if state.agent is None:
-                state.agent = record.name.removeprefix("agent: ")
-            if record.error and state.error is None:
-                state.error = record.error
+        if state.agent is None:
+            state.agent = str(data.name)
+        if error and state.error is None:
+            message = str(error.get("message") or "error")
+            state.error = clip(f"{message}: {error.get('data')}" if error.get("data") else message)
 
     def force_flush(self) -> None:
         """Standalone: block until everything buffered is written (on the writer's thread;
