@@ -190,3 +190,18 @@ async def test_without_redis_the_scrape_answers_with_the_supervisors_own_figures
     failed = [r for r in caplog.records if r.getMessage() == "metrics.read_failed"]
     assert len(failed) == 1  # once per episode, not per scrape
     await dead.aclose()
+
+
+async def test_a_gauge_nobody_samples_any_more_is_left_out(state: WebState, keys: Keys) -> None:
+    hour_ago = MetricsRecorder(
+        keys, state.settings, process="testhost:gone", clock=lambda: time.time() - 3600
+    )
+    hour_ago.gauge("inbox_lag", 40, target="retired")
+    await hour_ago.flush(state.client)
+    fresh = MetricsRecorder(keys, state.settings, process="testhost:sup")
+    fresh.gauge("inbox_lag", 2, target="triage")
+    await fresh.flush(state.client)
+    async with served(create_app(state, dashboard=False)) as port:
+        got = _samples((await fetch(port, "/metrics")).body)
+    lags = {dict(labels).get("target"): v for (name, labels), v in got.items() if "lag" in name}
+    assert lags == {"triage": 2}

@@ -10,7 +10,8 @@ the ``Accept`` header asks for it (``application/openmetrics-text``).
 - latencies: histograms in seconds, ``agents_worker_<metric>_seconds_bucket{le=…}``, ``_sum``
   and ``_count`` (recorded in milliseconds, converted here);
 - gauges: ``agents_worker_inbox_lag{target=…}``, ``agents_worker_inbox_pending``,
-  ``agents_worker_inbox_oldest_pending_age_seconds``;
+  ``agents_worker_inbox_oldest_pending_age_seconds`` (the latest value sampled by any
+  supervisor, left out once no supervisor sampled it for a minute or three sample intervals);
 - the supervisor's own: ``agents_worker_workers{state="ready"|"running"|"paused"}``,
   ``agents_worker_worker_restarts_total``, ``agents_worker_backlog``;
 - ``agents_worker_redis_up``: 1 when the figures above could be read from Redis, else 0 (the
@@ -43,6 +44,8 @@ __all__ = ["PREFIX", "FleetCollector", "FleetFigures", "metrics_route", "read_fi
 log = get_logger(__name__)
 
 PREFIX = "agents_worker_"
+_MIN_GAUGE_AGE = 60.0
+"""Gauges older than this (and than three sample intervals) are left out of a scrape."""
 _READ_LIMIT = 5.0
 """Seconds a scrape waits for Redis before it answers without the fleet's figures."""
 
@@ -100,9 +103,12 @@ async def read_figures(store: MetricsStore, failures: _Failures | None = None) -
 def metrics_route(state: WebState) -> BaseRoute:
     """The ``/metrics`` route of *state*."""
     failures = _Failures()
+    # an inbox nobody samples any more (its supervisors gone) shows no stale gauges
+    max_age = max(_MIN_GAUGE_AGE, 3 * state.settings.observability.sample_interval_seconds)
+    store = MetricsStore(state.client, state.keys, gauge_max_age_seconds=max_age)
 
     async def metrics(request: Request) -> Response:
-        fleet = await read_figures(MetricsStore(state.client, state.keys), failures)
+        fleet = await read_figures(store, failures)
         probe = state.probe
         collector = FleetCollector(fleet, None if probe is None else probe.figures())
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
