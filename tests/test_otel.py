@@ -103,6 +103,24 @@ async def test_the_run_reaches_opentelemetry_as_the_same_tree(
     _check_same_tree(ours, exported, tid, app_parent=context.span_id)
 
 
+async def test_the_standalone_processor_sends_to_the_apps_provider(
+    settings: Settings, keys: Keys, redis_url: str, otel_spans: InMemorySpanExporter
+) -> None:
+    processor = RedisTracingProcessor(redis_url=redis_url, settings=settings)
+    try:
+        set_trace_processors([processor])
+        tid = new_trace_id()
+        await run_support(tid)
+        processor.force_flush()
+    finally:
+        processor.shutdown()
+    exported = otel_spans.get_finished_spans()
+    assert len(exported) == 19
+    assert {_hex(s.context.trace_id, 32) for s in exported if s.context} == {tid}
+    roots = [s for s in exported if s.parent is None]
+    assert [s.name for s in roots] == ["task: support"]
+
+
 def _check_same_tree(
     ours: list[SpanRecord], exported: list[ReadableSpan], tid: str, app_parent: str
 ) -> None:

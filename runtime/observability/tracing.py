@@ -23,13 +23,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from agents.tracing import (
@@ -60,6 +61,9 @@ from runtime.observability.trace_writer import TraceWriterThread
 from runtime.observability.tracecontext import trace_id_of
 from runtime.redis.connection import create_client
 from runtime.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from runtime.observability.otel import OTelBridge
 
 __all__ = ["RedisTracingProcessor", "install", "span_record", "trace_hex"]
 
@@ -258,6 +262,7 @@ class RedisTracingProcessor(TracingProcessor):
         self._bindings: dict[str, _Binding] = {}
         self._closed = False
         self._background: TraceWriterThread | None = None
+        self._bridge: OTelBridge | None = None
         self.redis_url = redis_url or self.settings.redis.url or os.environ.get("REDIS_URL")
         if recorder is not None:
             self.recorder = recorder
@@ -272,6 +277,9 @@ class RedisTracingProcessor(TracingProcessor):
         self.recorder = TraceRecorder(
             self.keys, self.settings, stream=self.stream, ttl_seconds=trace_ttl
         )
+        self._bridge = _otel_bridge(self.settings)
+        if self._bridge is not None:
+            self.recorder.add_listener(self._bridge.export)
         self._background = TraceWriterThread(self.recorder, self.settings, self.redis_url)
 
     # --- binding the SDK trace of a run to the runtime's attempt span ---------------------
@@ -391,6 +399,8 @@ class RedisTracingProcessor(TracingProcessor):
             return
         try:
             self._background.stop(_SHUTDOWN_SECONDS if timeout is None else timeout)
+            if self._bridge is not None:
+                self._bridge.shutdown()
         except Exception:
             log.exception("tracing.shutdown_failed")
 
@@ -421,6 +431,18 @@ class RedisTracingProcessor(TracingProcessor):
         the name)."""
         found = await self._read(lambda store: store.list_traces(limit, name=name_filter))
         return [msgspec.structs.asdict(summary) for summary in found]
+
+
+def _otel_bridge(settings: Settings) -> OTelBridge | None:
+    """The standalone processor's OpenTelemetry bridge: the app's SDK tracer provider, or the
+    exporter the settings name; the OpenTelemetry SDK is imported only when it can be wanted."""
+    if settings.observability.otel_exporter == "none" and "opentelemetry.sdk.trace" not in (
+        sys.modules
+    ):
+        return None
+    from runtime.observability.otel import OTelBridge
+
+    return OTelBridge.from_settings(settings)
 
 
 _added: weakref.WeakSet[TracingProcessor] = weakref.WeakSet()
