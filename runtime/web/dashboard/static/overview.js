@@ -47,7 +47,7 @@
         el("span", { class: "name" }, w.name),
         el("span", {}, badge(w.state)),
         el("span", { class: "muted small" },
-          "pid " + w.pid + " · " + number(w.runs) + " runs" +
+          "pid " + (w.pid ?? "–") + " · " + AW.plural(w.runs, "run", "runs") +
           (w.rss_mb ? " · " + Math.round(w.rss_mb) + " MB" : "")))) :
         el("span", { class: "muted small" }, "no workers")))));
   }
@@ -128,7 +128,7 @@
     return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
   }
 
-  function chartOptions(box, series, unit, floor) {
+  function chartOptions(box, series, unit, floor, dots) {
     const axis = { stroke: colour("--muted"), grid: { stroke: colour("--line"), width: 1 }, ticks: { stroke: colour("--line") } };
     return {
       width: box.clientWidth || 400,
@@ -136,17 +136,17 @@
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(floor, (max || 0) * 1.15)] } },
       axes: [axis, { ...axis, size: 64, values: (u, ticks) => ticks.map((v) => unit(v)) }],
       series: [{}, ...series.map(([label, stroke]) => ({
-        label, stroke, width: 2, fill: stroke + "22", points: { show: false }, value: (u, v) => (v === null ? "–" : unit(v)),
+        label, stroke, width: 2, fill: stroke + "22", points: { show: dots, size: 6, fill: stroke }, value: (u, v) => (v === null ? "–" : unit(v)),
       }))],
       legend: { live: true },
       cursor: { drag: { x: false, y: false } },
     };
   }
 
-  function drawChart(name, box, series, data, unit, floor) {
+  function drawChart(name, box, series, data, unit, floor, dots) {
     if (!charts[name]) {
       box.replaceChildren();
-      charts[name] = new uPlot(chartOptions(box, series, unit, floor), data, box);
+      charts[name] = new uPlot(chartOptions(box, series, unit, floor, dots), data, box);
       new ResizeObserver(() => charts[name].setSize({ width: box.clientWidth, height: 190 })).observe(box);
     } else {
       charts[name].setData(data);
@@ -171,9 +171,9 @@
     }
     const perMinute = (v) => (v >= 100 ? Math.round(v) : +v.toFixed(1)) + "";
     drawChart("throughput", throughput, [["completed", colour("--ok")], ["failed", colour("--bad")]],
-      [data.x, data.completed, data.failed], perMinute, 4);
+      [data.x, data.completed, data.failed], perMinute, 4, false);
     drawChart("latency", latency, [["avg run latency", colour("--accent")]], [data.x, data.latency_ms],
-      latencyTick, 10);
+      latencyTick, 10, true);
   }
 
   /* --- the feed ---------------------------------------------------------------------- */

@@ -6,8 +6,8 @@
   const { el, badge, duration, datetime, number } = AW;
   const $ = (id) => document.getElementById(id);
   const runId = decodeURIComponent(location.pathname.replace(/^\/runs\//, "").replace(/\/$/, ""));
-  const KINDS = ["submit", "inbox", "attempt", "agent", "generation", "response", "function",
-    "handoff", "guardrail", "retry", "dead_letter", "custom"];
+  const KINDS = ["submit", "inbox", "attempt", "retry", "dead_letter", "task", "agent", "turn",
+    "generation", "response", "function", "handoff", "guardrail", "custom"];
   let current = null;
 
   document.title = "agents-worker · run " + runId;
@@ -59,7 +59,8 @@
 
   /* --- waterfall --------------------------------------------------------------------- */
   function renderLegend(spans) {
-    const present = KINDS.filter((k) => spans.some((s) => s.kind === k));
+    const seen = new Set(spans.map((s) => s.kind));
+    const present = [...KINDS.filter((k) => seen.has(k)), ...[...seen].filter((k) => !KINDS.includes(k))];
     $("legend").replaceChildren(...present.map((k) => el("span", { class: "kind-" + k }, el("i"), k.replace("_", " "))));
   }
 
