@@ -6,6 +6,7 @@ the test's Redis client); the live feed over a real uvicorn server is tested at 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from starlette.applications import Starlette
 
 from runtime import Keys, Settings
 from runtime.observability.lifecycle import LifecycleEvent, append_lifecycle
+from runtime.observability.metrics import MetricsRecorder
 from runtime.web.dashboard import dashboard_routes
 from runtime.web.dashboard.live import Feed, FeedQuery
 from runtime.web.dashboard.readers import DashboardReader
@@ -215,6 +217,28 @@ async def test_dead_letters_per_target_and_replay_puts_the_run_back_in_its_inbox
     assert len(rest.json()["moved"]) == 1
     assert await client.xlen(keys.dlq("triage")) == 0
     assert await client.xlen(keys.inbox("triage")) == 2
+
+
+async def test_charts_show_runs_per_minute_and_the_average_latency(
+    client: redis.asyncio.Redis, keys: Keys, web_settings: Settings
+) -> None:
+    """Two processes record in the same minute: the chart adds their runs up and averages
+    their latencies (sum / count, not an average of averages)."""
+    now = time.time()
+    for process, latencies in (("p1", [100.0, 200.0, 300.0]), ("p2", [1000.0])):
+        recorder = MetricsRecorder(keys, web_settings, process=process, clock=lambda: now)
+        for value in latencies:
+            recorder.count("runs_completed", 1, agent="triage")
+            recorder.observe("run_latency", value, agent="triage")
+        recorder.count("runs_failed", 1, agent="billing")
+        await recorder.flush(client)
+    charts = await DashboardReader(client, keys, web_settings).charts(now=now)
+    assert charts.history is True and charts.reason is None
+    assert len(charts.x) == len(charts.completed) == len(charts.latency_ms) == 60
+    assert charts.x[-1] == int(now // 60) * 60  # the current minute is the last
+    assert charts.completed[-1] == 4 and charts.failed[-1] == 2
+    assert charts.latency_ms[-1] == pytest.approx(400.0)  # 1,600 ms over 4 runs
+    assert sum(charts.completed) == 4 and set(charts.latency_ms[:-1]) == {None}
 
 
 async def test_charts_say_history_off_without_timeseries(plain_redis_url: str, keys: Keys) -> None:

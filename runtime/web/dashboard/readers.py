@@ -56,7 +56,6 @@ _COUNTERS = (
     "retries",
     "dead_letters",
 )
-_HISTORY_CHECK_S = 60.0
 
 
 class DashboardReader:
@@ -69,7 +68,7 @@ class DashboardReader:
         self.runs_store = RunStore(client, keys, settings.runs)
         self.metrics = MetricsStore(client, keys)
         self.letters = DeadLetters(client, keys=keys)
-        self._history: tuple[float, bool] | None = None
+        self._no_module = False
 
     # --- overview ----------------------------------------------------------------------
     async def overview(self) -> Overview:
@@ -149,8 +148,8 @@ class DashboardReader:
         if reason is None:
             try:
                 return await self._charts(starts, end_ms)
-            except MissingModuleError:
-                self._history = (time.monotonic(), False)
+            except MissingModuleError:  # unloaded since the module list was read
+                self._no_module = True
                 reason = "this Redis has no TimeSeries module"
         return Charts(
             history=False,
@@ -184,11 +183,9 @@ class DashboardReader:
         """Why there are no charts (``None``: there are)."""
         if not self.settings.observability.metrics:
             return "metrics are off (observability.metrics)"
-        checked = self._history
-        if checked is None or time.monotonic() - checked[0] > _HISTORY_CHECK_S:
-            checked = (time.monotonic(), await self.metrics.history_available())
-            self._history = checked
-        return None if checked[1] else "this Redis has no TimeSeries module"
+        if self._no_module or not await self.metrics.history_available():
+            return "this Redis has no TimeSeries module"
+        return None
 
     # --- dead letters ------------------------------------------------------------------
     async def dlq(self, target: str | None = None) -> DlqView:
