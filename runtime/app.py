@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
     from runtime.envelope import Envelope
     from runtime.keys import Keys
+    from runtime.observability.telemetry import Telemetry
+    from runtime.observability.tracecontext import TraceParent
     from runtime.settings.model import Settings
 
 __all__ = ["App", "DeadLetterContext", "Handler", "TaskContext", "load_app"]
@@ -77,6 +79,12 @@ class TaskContext:
     settings: Settings
     queue_ack: Callable[[Any], bool] | None = field(default=None, repr=False, compare=False)
     """Set by the worker: see :meth:`ack_in`."""
+    telemetry: Telemetry | None = field(default=None, repr=False, compare=False)
+    """The worker process's recorders (traces, metrics), ``None`` when both are off in the
+    settings: a handler records spans and samples of its own through them (no I/O)."""
+    trace: TraceParent | None = None
+    """The context of this attempt's span (``observability.tracing``; else ``None``): the
+    parent of the spans the handler records (an agent run's SDK spans are its children)."""
 
     def ack_in(self, pipe: Any) -> bool:
         """Queue the ack of this entry on *pipe*: a pipeline the handler runs as its last
@@ -108,6 +116,8 @@ class DeadLetterContext:
     settings: Settings
     detail: str = ""
     """What happened, in words (e.g. ``failed 5 times (worker.max_deliveries = 5)``)."""
+    telemetry: Telemetry | None = None
+    """The worker process's recorders, as :attr:`TaskContext.telemetry`."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,9 @@ class Handler:
     is_async: bool = True
     on_dead_letter: Callable[[DeadLetterContext], Awaitable[None]] | None = None
     """Called (best effort) after an entry of this target was dead-lettered."""
+    ends_trace: bool = False
+    """The handler ends its task's trace itself (an agent run: the trace's status is the
+    run's); otherwise the worker ends it when the handler returns."""
 
 
 @dataclass
@@ -151,8 +164,10 @@ class App:
         *,
         timeout: float | None = None,
         on_dead_letter: Callable[[DeadLetterContext], Awaitable[None]] | None = None,
+        ends_trace: bool = False,
     ) -> None:
-        """Register *fn* as the handler of target *name*."""
+        """Register *fn* as the handler of target *name* (*ends_trace*: see
+        :attr:`Handler.ends_trace`)."""
         validate_name("target", name)
         if name in self.handlers:
             raise AppError(f"target {name!r} is registered twice in app {self.name!r}")
@@ -174,6 +189,7 @@ class App:
             payload_type=hints.get(params[1].name, Any),
             is_async=inspect.iscoroutinefunction(fn),
             on_dead_letter=on_dead_letter,
+            ends_trace=ends_trace,
         )
 
     @property

@@ -13,6 +13,12 @@ Redis's clock (``TIME``), so a producer whose clock is off still delays by the t
 ``run_at`` is an absolute Unix time the caller chose and is kept as given (compared with
 Redis's clock). An envelope over ``streams.max_entry_bytes`` is refused here
 (:class:`~runtime.errors.EnqueueError`), before anything is sent.
+
+Every envelope carries a W3C ``traceparent``: the caller's (``traceparent=``, else the active
+OpenTelemetry span's), else a new trace's. With ``observability.tracing``, :meth:`enqueue`
+records a ``submit <target>`` span (a child of the caller's span) in the enqueue's own round
+trip, and the envelope carries that span's context: the worker's spans are its children.
+:meth:`enqueue_many` records no submit span (its tasks' traces begin in the inbox).
 """
 
 from __future__ import annotations
@@ -28,7 +34,15 @@ import redis.asyncio
 from runtime.envelope import Envelope, encode_envelope, new_task_id
 from runtime.errors import EnqueueError, KeyNameError
 from runtime.keys import Keys, validate_name
-from runtime.redis.connection import translate_errors
+from runtime.observability.spans import SpanRecord
+from runtime.observability.telemetry import (
+    app_bridge,
+    new_traceparent,
+    queue_span,
+    submit_span,
+)
+from runtime.observability.tracecontext import current_traceparent
+from runtime.redis.connection import Batch, first_error, queue_script, run_batch, translate_errors
 from runtime.scripts import Scripts
 from runtime.settings.model import Settings
 
@@ -56,7 +70,10 @@ class Producer:
         self._client = client
         self._keys = keys
         self._streams = settings.streams
+        self._settings = settings
         self._scripts = Scripts.register(client)
+        self._tracing = settings.observability.tracing
+        self._trace_ttl_ms = max(1, int(settings.runs.result_ttl_seconds * 1000))
 
     def build(
         self,
@@ -120,12 +137,17 @@ class Producer:
             delay: seconds from now before it may run (exclusive with *run_at*).
             run_at: Unix time before which it does not run.
             deadline: Unix time after which it is not started any more (dead-lettered).
+            traceparent: the W3C context of the caller's span (default: the active
+                OpenTelemetry span's, if any).
 
         Raises:
             EnqueueError: bad target or key, payload not JSON, entry too large, bad times.
             RedisError: Redis failed.
         """
+        start = time.time()
         when = self._when(delay, run_at)
+        task_id = task_id or new_task_id()
+        span, traceparent = self._trace(target, task_id, traceparent, start)
         envelope, raw = self.build(
             target,
             payload,
@@ -137,13 +159,45 @@ class Producer:
         )
         with translate_errors(f"enqueue to {target!r}"):
             if idempotency_key is not None or when is not None:
-                return await self._enqueue_script(envelope, raw, when)
-            entry_id = await self._client.xadd(self._keys.inbox(target), {"envelope": raw})
+                return await self._enqueue_script(envelope, raw, when, span)
+            if span is None:
+                entry_id = await self._client.xadd(self._keys.inbox(target), {"envelope": raw})
+            else:
+                batch = Batch()
+                batch.xadd(self._keys.inbox(target), {"envelope": raw})
+                entry_id = await self._send(batch, span)
         return Enqueued(envelope.id, _text(entry_id))
+
+    def _trace(
+        self, target: str, task_id: str, traceparent: str | None, start: float
+    ) -> tuple[SpanRecord | None, str]:
+        """The submit span (with tracing on) and the traceparent the envelope carries."""
+        traceparent = traceparent or current_traceparent()
+        if not self._tracing:
+            return None, new_traceparent(traceparent, task_id)
+        attrs = {"target": target, "task_id": task_id}
+        span, traceparent = submit_span(
+            target, traceparent, task_id=task_id, start=start, attrs=attrs
+        )
+        if (bridge := app_bridge(self._settings)) is not None:
+            bridge.export(span)  # the app's side of the trace, in its own OpenTelemetry
+        return span, traceparent
+
+    async def _send(self, batch: Batch, span: SpanRecord) -> Any:
+        """Send *batch* (one command) with the write of *span*; the command's reply."""
+        queue_span(batch, self._keys, span, self._trace_ttl_ms)
+        replies = await run_batch(self._client, batch)
+        first_error(replies[:1])
+        return replies[0]
 
     async def enqueue_many(self, target: str, payloads: Iterable[Any]) -> list[Enqueued]:
         """Enqueue one task per payload in one pipelined round trip."""
-        built = [self.build(target, payload) for payload in payloads]
+        parent = current_traceparent()
+        built = []
+        for payload in payloads:
+            task_id = new_task_id()
+            traceparent = new_traceparent(parent, task_id)
+            built.append(self.build(target, payload, task_id=task_id, traceparent=traceparent))
         inbox = self._keys.inbox(target)
         with translate_errors(f"enqueue to {target!r}"):
             async with self._client.pipeline(transaction=False) as pipe:
@@ -169,7 +223,7 @@ class Producer:
         return None
 
     async def _enqueue_script(
-        self, envelope: Envelope, raw: bytes, when: tuple[str, int] | None
+        self, envelope: Envelope, raw: bytes, when: tuple[str, int] | None, span: SpanRecord | None
     ) -> Enqueued:
         """A delayed and/or idempotent enqueue: one script, times read against Redis's clock."""
         keys = [self._keys.inbox(envelope.target), self._keys.delayed(envelope.target)]
@@ -177,7 +231,13 @@ class Producer:
             keys.append(self._keys.idempotency(envelope.target, envelope.idempotency_key))
         window_ms = int(self._streams.idempotency_window_seconds * 1000)
         mode, ms = when or ("at", 0)
-        reply = await self._scripts.enqueue(keys=keys, args=[raw, envelope.id, window_ms, mode, ms])
+        args = [raw, envelope.id, window_ms, mode, ms]
+        if span is None:
+            reply = await self._scripts.enqueue(keys=keys, args=args)
+        else:
+            batch = Batch()
+            queue_script(batch, self._scripts.enqueue, keys, args)
+            reply = await self._send(batch, span)
         if not reply[0]:
             return Enqueued(_text(reply[1]), None, duplicate=True)
         run_at_ms = int(reply[2])

@@ -23,6 +23,7 @@ from runtime.agents.turns import _ASSIGN
 from runtime.envelope import ENVELOPE_FIELD, Reason, decode_entry
 from runtime.errors import KeyNameError
 from runtime.keys import validate_name
+from runtime.observability.telemetry import trace_id_for
 from runtime.sessions import AgentSession
 from tests.agent_apps import make_app
 from tests.conftest import make_settings
@@ -123,8 +124,10 @@ async def test_both_paths_write_the_same_record_entry_and_turn(
     assert reply[0] == "submitted"
     py, lua = [await client.hgetall(keys.run(r)) for r in ("py", "lua")]
     assert set(py) == set(lua)
-    for name in set(py) - {b"fingerprint", b"submitted_at"}:
+    for name in set(py) - {b"fingerprint", b"submitted_at", b"trace_id"}:
         assert py[name] == lua[name], name
+    # without a caller's trace, each run has its own, named after its id
+    assert [r[b"trace_id"].decode() for r in (py, lua)] == [trace_id_for(r) for r in ("py", "lua")]
     assert float(lua[b"submitted_at"]) > 0
     ttl = agent_settings.runs.result_ttl_seconds
     for run_id in ("py", "lua"):

@@ -19,6 +19,7 @@ set on an agent itself is not used: a warning says so when the app is built.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from agents import Agent, Handoff, Model
 from agents.run_config import RunConfig
 
 from runtime.agents.execute import Resources, execute
+from runtime.agents.instrument import RunTelemetry, tracing_disabled
 from runtime.agents.models import run_config_for
 from runtime.agents.protocol import RunRequest, RunResult
 from runtime.agents.runs import RunStore
@@ -37,6 +39,9 @@ from runtime.coordinator import AgentCoordinator
 from runtime.errors import AppError, KeyNameError
 from runtime.keys import Keys, validate_name
 from runtime.log import get_logger
+from runtime.observability.lifecycle import LifecycleEvent, append_lifecycle
+from runtime.observability.telemetry import trace_id_for
+from runtime.observability.tracecontext import parse_traceparent
 
 __all__ = ["AgentApp"]
 
@@ -95,6 +100,7 @@ class AgentApp(App):
             handle,
             timeout=timeout or _CORE_TIMEOUT,
             on_dead_letter=self._dead_lettered,
+            ends_trace=True,  # with the run's outcome (runtime.agents.instrument)
         )
 
     def _check_handoffs(self) -> None:
@@ -113,9 +119,14 @@ class AgentApp(App):
         res = self._resources.get(key)
         if res is None:
             settings = ctx.settings
-            config, note = self._run_config(settings.models)
+            config, note = self._run_config(settings.models, tracing_disabled(ctx.telemetry))
             res = Resources(
-                runs=RunStore(ctx.redis, ctx.keys, settings.runs),
+                runs=RunStore(
+                    ctx.redis,
+                    ctx.keys,
+                    settings.runs,
+                    events_maxlen=settings.observability.events_maxlen,
+                ),
                 turns=SessionTurns(
                     ctx.redis,
                     ctx.keys,
@@ -124,18 +135,17 @@ class AgentApp(App):
                 ),
                 run_config=config,
                 model_note=note,
+                observe=RunTelemetry(ctx.telemetry, settings, self.name),
                 publisher=_publisher(ctx.redis, ctx.keys, settings.runs.coordination_stream),
             )
             self._resources[key] = res
             log.info("agents.model", app=self.name, model=note)
         return res
 
-    def _run_config(self, models: Any) -> tuple[RunConfig, str]:
-        # The SDK's default trace exporter sends to OpenAI: only when there is a key for it.
-        options: dict[str, Any] = {
-            "workflow_name": self.name,
-            "tracing_disabled": not os.environ.get("OPENAI_API_KEY"),
-        }
+    def _run_config(self, models: Any, no_tracing: bool) -> tuple[RunConfig, str]:
+        # The SDK makes spans for our processor (tracing or metrics on), else only for its
+        # default exporter to OpenAI, which needs a key (runtime.agents.instrument).
+        options: dict[str, Any] = {"workflow_name": self.name, "tracing_disabled": no_tracing}
         if isinstance(self.model, Model):
             return RunConfig(model=self.model, **options), type(self.model).__name__
         if isinstance(self.model, str):
@@ -145,7 +155,10 @@ class AgentApp(App):
     async def _dead_lettered(self, info: DeadLetterContext) -> None:
         """A run whose entry was dead-lettered ends as failed, so nobody waits for it (and
         its conversation moves past it)."""
-        runs = RunStore(info.redis, info.keys, info.settings.runs)
+        runs = RunStore(
+            info.redis, info.keys, info.settings.runs,
+            events_maxlen=info.settings.observability.events_maxlen,
+        )  # fmt: skip
         request = await _request_of(info, runs)
         if request is None:
             return
@@ -158,8 +171,20 @@ class AgentApp(App):
             error=f"{what}: {info.error}" if info.error else what,
             error_type="DeadLettered",
             submitted_at=request.submitted_at,
+            finished_at=time.time(),
         )
-        await runs.store(result)
+        event = LifecycleEvent(
+            run=request.run_id, agent=request.agent, status="failed", at=result.finished_at or 0,
+            session=request.session_id, trace=_trace_id(info), error=result.error,
+        )  # fmt: skip
+        maxlen = info.settings.observability.events_maxlen
+
+        def also(pipe: Any) -> None:
+            append_lifecycle(pipe, info.keys, maxlen, event)
+
+        tel = info.telemetry
+        if await runs.store(result, also=also) and tel is not None and tel.metering:
+            tel.metrics.count("runs_failed", 1, agent=request.agent)
 
 
 async def _request_of(info: DeadLetterContext, runs: RunStore) -> RunRequest | None:
@@ -179,6 +204,14 @@ async def _request_of(info: DeadLetterContext, runs: RunStore) -> RunRequest | N
         session_id=record.session_id,
         submitted_at=record.submitted_at,
     )
+
+
+def _trace_id(info: DeadLetterContext) -> str | None:
+    """The trace of a dead-lettered run (with tracing on)."""
+    if info.telemetry is None or not info.telemetry.tracing:
+        return None
+    parent = parse_traceparent(info.envelope.traceparent)
+    return parent.trace_id if parent is not None else trace_id_for(info.envelope.id)
 
 
 def _publisher(client: redis.asyncio.Redis, keys: Keys, stream_name: str) -> AgentCoordinator:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from agents.run_config import RunConfig
 
 from runtime.agents.conversation import TurnSession
+from runtime.agents.instrument import RunTelemetry
 from runtime.agents.protocol import RunEvent, RunRequest
 from runtime.agents.runs import RunStore
 from runtime.agents.turns import SessionTurns, Turn
@@ -48,6 +49,8 @@ class Resources:
     turns: SessionTurns
     run_config: RunConfig
     model_note: str
+    observe: RunTelemetry
+    """What the runs record: traces, metrics, lifecycle events."""
     publisher: AgentCoordinator | None = None
     """An AgentCoordinator to publish lifecycle events with (best effort)."""
 

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import redis.asyncio
 
+from runtime.agents.instrument import SubmitTelemetry
 from runtime.agents.protocol import REQUEUED, HandoffInfo, RunEvent, RunRequest, RunResult
 from runtime.agents.runs import RunStore
 from runtime.agents.turns import SessionTurns
@@ -156,10 +157,13 @@ class AgentClient:
         self._client = client
         self._keys = keys
         self._settings = settings
-        self._runs = RunStore(client, keys, settings.runs)
+        self._runs = RunStore(
+            client, keys, settings.runs, events_maxlen=settings.observability.events_maxlen
+        )
         self._turns = SessionTurns(client, keys, lease_seconds=settings.worker.lease_seconds)
         self._producer = Producer(client, keys=keys, settings=settings)
         self._waiters = RunWaiters(client, keys, self._runs)
+        self._telemetry = SubmitTelemetry(keys, settings)
         # waits in a submit's round trip hold a connection each: a few at once, the rest
         # wait through the shared reader
         pool = getattr(client, "connection_pool", None)  # a cluster client has none
@@ -260,6 +264,7 @@ class AgentClient:
         stream: bool | None,
         wait_ms: int | None = None,
     ) -> tuple[RunHandle, list[RunEvent]]:
+        start = time.time()
         fresh_id = run_id is None
         run_id = run_id or new_task_id()
         try:
@@ -278,16 +283,20 @@ class AgentClient:
             max_turns=max_turns,
             handoff=handoff,
             stream=stream,
-            submitted_at=time.time(),
+            submitted_at=start,
         )
-        _, envelope = self._producer.build(agent, request, task_id=run_id)
+        # the run's trace: the caller's, else its own; its submit span, its 'queued' event
+        # and its count go in the submit's round trip (runtime.agents.instrument)
+        traceparent, trace_id, after = self._telemetry.prepare(request, start)
+        _, envelope = self._producer.build(agent, request, task_id=run_id, traceparent=traceparent)
         inbox = self._keys.inbox(agent)
         turns, sid = self._turns, session_id
         # the run's number in its conversation is drawn in the same round trip
         also = None if sid is None else (lambda pipe: turns.assign(pipe, sid, run_id))
         submitted = await self._runs.submit(
-            request, inbox, envelope, fresh_id=fresh_id, also=also, wait_ms=wait_ms
-        )
+            request, inbox, envelope, fresh_id=fresh_id, also=also, after=after,
+            wait_ms=wait_ms, trace_id=trace_id,
+        )  # fmt: skip
         if submitted is None:
             raise EnqueueError(f"a run with id {run_id!r} exists already")
         handle = RunHandle(self._runs, run_id, agent, session_id, waiters=self._waiters)

@@ -125,6 +125,8 @@ class Companion:
                 started_at=run.started_at,
             )  # fmt: skip
             publish(run.res, pipe, [started, *handoff_events(run, batch)])
+            if worker is not None:  # the record says running from this write on: so does the feed
+                run.res.observe.lifecycle(pipe, run.ctx, run.request, "running")
 
         try:
             await run.res.runs.write(fill)

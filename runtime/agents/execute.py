@@ -25,7 +25,6 @@ by the worker core from the same history, keeping the run's place in the convers
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from typing import Any
@@ -34,6 +33,7 @@ import anyio
 import anyio.lowlevel
 from agents import Agent, ItemHelpers, MaxTurnsExceeded, Runner
 from agents.items import MessageOutputItem
+from agents.run_config import RunConfig
 
 from runtime.agents.attempt import (
     Attempt,
@@ -93,7 +93,8 @@ async def _start(run: Attempt) -> str:
     seq = request.seq
     marker = run.ctx.headers.get(REPLAY_HEADER)
     if marker is not None:  # a replayed dead letter: the run goes again, once per replay
-        if await res.runs.requeue(request, marker) in TERMINAL_STATUS:
+        trace = run.ctx.trace.trace_id if run.ctx.trace is not None else None
+        if await res.runs.requeue(request, marker, trace_id=trace) in TERMINAL_STATUS:
             log.info("run.replay_finished", run=request.run_id, replay=marker)
             return "done"  # this replay ran already: a redelivered entry
         if request.session_id is not None:
@@ -122,6 +123,7 @@ async def _attempt(run: Attempt, agent: Agent[Any], state: str) -> None:
         return
     if run.turn is not None:
         run.session = run.turn.session()
+    res.observe.started(request)
     began = time.monotonic()
     limit = ctx.settings.runs.timeout_seconds
     stream = request.stream if request.stream is not None else ctx.settings.runs.stream_deltas
@@ -186,11 +188,17 @@ async def _run(
 ) -> Any:  # fmt: skip
     session, writer = run.session, run.companion
     assert writer is not None
-    config = dataclasses.replace(
-        res.run_config,
-        group_id=request.session_id,
-        trace_metadata={"run_id": request.run_id, "worker": ctx.consumer},
-    )
+    config = res.observe.config(res.run_config, ctx, request)
+    try:
+        return await _run_sdk(ctx, request, agent, config, session, writer, stream=stream)
+    finally:
+        res.observe.unbind(config)
+
+
+async def _run_sdk(
+    ctx: TaskContext, request: RunRequest, agent: Agent[Any], config: RunConfig,
+    session: TurnSession | None, writer: Companion, *, stream: bool,
+) -> Any:  # fmt: skip
     max_turns = request.max_turns or ctx.settings.runs.max_turns
     if not stream:
         result = await Runner.run(
@@ -294,18 +302,25 @@ async def _finish(
         finished_at=time.time(),
     )
     pending = writer.pending() if writer is not None else []
+    ran = writer is not None
+    duration = (result.finished_at - run.started_at) * 1000 if ran and result.finished_at else None
     announced = writer is None or writer.announced
     turn = run.turn if run.turn is not None and run.turn.holds else None
     started = None if announced else started_event(run)
     events = [started, *handoff_events(run, pending), coordination]
-    # an attempt that ran is counted once: here, unless it was marked running (same token)
-    ran = writer is not None
+    trace = run.ctx.trace
+    observe = res.observe
 
     def fill(pipe: Any) -> None:
         if turn is not None:  # first: the history is complete when the result appears
             res.turns.queue_end(pipe, turn, session)
-        res.runs.finish(pipe, result, pending, count_attempt=ran, token=run.token)
+        # an attempt that ran is counted once: here, unless it was marked running (its token)
+        res.runs.finish(
+            pipe, result, pending, count_attempt=ran, token=run.token,
+            trace_id=trace.trace_id if trace is not None else None,
+        )  # fmt: skip
         publish(res, pipe, events)
+        observe.lifecycle(pipe, run.ctx, request, result.status, duration_ms=duration, error=error)
         # the entry is done with: no round trip of its own for the ack (a script Redis
         # refuses, on a full Redis say, together with the result before it)
         run.ctx.ack_in(pipe)
@@ -324,6 +339,7 @@ async def _finish(
     if not stored:
         log.warning("run.finished_elsewhere", run=request.run_id)
         return
+    observe.finished(run.ctx, result)
     log.info("run.finished", run=request.run_id, status=status, error=error)
 
 

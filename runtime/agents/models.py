@@ -30,6 +30,7 @@ from agents.agent_output import AgentOutputSchemaBase
 from agents.items import TResponseInputItem, TResponseOutputItem, TResponseStreamEvent
 from agents.run_config import RunConfig
 from agents.testing import ModelStep, ScriptedModel, assistant_message, function_call
+from agents.tracing import generation_span
 
 from runtime.errors import PermanentError, RetryLater
 from runtime.settings.model import ModelSettingsSection
@@ -82,10 +83,13 @@ class StepModel(Model):
     """A model that decides each call's output in :meth:`step` (deterministic, offline).
 
     The SDK's ``ScriptedModel`` turns the step into a response or a stream of events, so a
-    subclass only says *what* to answer; ``delay`` makes every call take that long.
+    subclass only says *what* to answer; ``delay`` makes every call take that long. Each call
+    is a ``generation`` span named after :attr:`model_name`, with the step's usage (as the
+    SDK's own models record theirs), when the run is traced.
     """
 
     delay: float = 0.0
+    model_name: str = "step-model"
 
     def step(
         self,
@@ -110,14 +114,16 @@ class StepModel(Model):
         conversation_id: str | None,
         prompt: Any,
     ) -> ModelResponse:
-        if self.delay:
-            await anyio.sleep(self.delay)
-        step = self.step(system_instructions, input, tools, handoffs)
-        return await ScriptedModel([step]).get_response(
-            system_instructions, input, model_settings, tools, output_schema, handoffs, tracing,
-            previous_response_id=previous_response_id, conversation_id=conversation_id,
-            prompt=prompt,
-        )  # fmt: skip
+        with generation_span(model=self.model_name, disabled=tracing.is_disabled()) as span:
+            if self.delay:
+                await anyio.sleep(self.delay)
+            step = self.step(system_instructions, input, tools, handoffs)
+            span.span_data.usage = _span_usage(step.usage)
+            return await ScriptedModel([step]).get_response(
+                system_instructions, input, model_settings, tools, output_schema, handoffs,
+                tracing, previous_response_id=previous_response_id,
+                conversation_id=conversation_id, prompt=prompt,
+            )  # fmt: skip
 
     async def stream_response(
         self,
@@ -133,15 +139,26 @@ class StepModel(Model):
         conversation_id: str | None,
         prompt: Any,
     ) -> AsyncIterator[TResponseStreamEvent]:
-        if self.delay:
-            await anyio.sleep(self.delay)
-        step = self.step(system_instructions, input, tools, handoffs)
-        async for event in ScriptedModel([step]).stream_response(
-            system_instructions, input, model_settings, tools, output_schema, handoffs, tracing,
-            previous_response_id=previous_response_id, conversation_id=conversation_id,
-            prompt=prompt,
-        ):  # fmt: skip
-            yield event
+        with generation_span(model=self.model_name, disabled=tracing.is_disabled()) as span:
+            if self.delay:
+                await anyio.sleep(self.delay)
+            step = self.step(system_instructions, input, tools, handoffs)
+            span.span_data.usage = _span_usage(step.usage)
+            async for event in ScriptedModel([step]).stream_response(
+                system_instructions, input, model_settings, tools, output_schema, handoffs,
+                tracing, previous_response_id=previous_response_id,
+                conversation_id=conversation_id, prompt=prompt,
+            ):  # fmt: skip
+                yield event
+
+
+def _span_usage(usage: Usage) -> dict[str, int]:
+    """A step's usage as a generation span records it (a step without usage: one request)."""
+    return {
+        "requests": usage.requests or 1,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+    }
 
 
 class DemoModel(StepModel):
@@ -157,6 +174,8 @@ class DemoModel(StepModel):
 
     Its answers start with "(offline demo model)" so no one mistakes them for a real model's.
     """
+
+    model_name = "demo"
 
     def step(
         self,

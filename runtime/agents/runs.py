@@ -16,7 +16,6 @@ a replayed dead letter puts its run back to ``queued`` once per replay (:meth:`R
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -26,10 +25,13 @@ import msgspec
 import redis.asyncio
 
 from runtime.agents.protocol import REQUEUED, TERMINAL_STATUS, RunEvent, RunRequest, RunResult
+from runtime.agents.records import decode_events, decode_result, fingerprint
 from runtime.agents.resend import send_resending_safe
 from runtime.dlq import REPLAY_HEADER
 from runtime.envelope import Envelope
 from runtime.keys import Keys
+from runtime.observability.lifecycle import LifecycleEvent, append_lifecycle
+from runtime.observability.tracecontext import parse_traceparent
 from runtime.redis.connection import (
     Batch,
     first_error,
@@ -45,7 +47,6 @@ Also = Callable[[Any], None] | None
 """Queues commands on a pipeline (other keys, same round trip), e.g. a coordination event."""
 
 _encode = msgspec.json.Encoder().encode
-_event_decoder = msgspec.json.Decoder(RunEvent)
 _TERMINAL = frozenset(status.encode() for status in TERMINAL_STATUS)
 _COUNT = 500  # events per read
 _PEEKED = ["status", "cancel_requested"]
@@ -165,8 +166,17 @@ class RunStore:
     one round trip.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, keys: Keys, settings: RunSettings) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        keys: Keys,
+        settings: RunSettings,
+        *,
+        events_maxlen: int = 10_000,
+    ) -> None:
+        """*events_maxlen*: ``observability.events_maxlen`` (the lifecycle feed's bound)."""
         self._client = client
+        self._events_maxlen = events_maxlen
         self._keys = keys
         self._ttl = settings.result_ttl_seconds
         # the guard of a submit outlives the record's first TTL by a run's time limit
@@ -190,14 +200,18 @@ class RunStore:
         *,
         fresh_id: bool = False,
         also: Also = None,
+        after: Also = None,
         wait_ms: int | None = None,
+        trace_id: str | None = None,
     ) -> tuple[str, list[RunEvent]] | None:
         """Record a submitted run and enqueue it, in one round trip (a pipeline), or two when
         the app chose the run's id.
 
         *also* comes first (the run's number in its conversation), then the record, then the
         work entry, then the ``enqueued`` mark, so a run whose record says ``queued`` without
-        the mark was never enqueued. Returns the entry id and, with *wait_ms*, the run's first
+        the mark was never enqueued; *after* comes last (the submit's span, its lifecycle
+        event and its count: not for a submit that went through before). *trace_id* goes
+        into the record. Returns the entry id and, with *wait_ms*, the run's first
         events (read in the same round trip, waiting up to *wait_ms* for one; keep it under
         the client's socket timeout), or ``None`` when another run has this id (nothing is
         enqueued then).
@@ -214,6 +228,8 @@ class RunStore:
         record = self._keys.run(request.run_id)
         items: list[Any] = ["status", "queued", "agent", request.agent]
         items += ["session_id", request.session_id or "", "submitted_at", request.submitted_at]
+        if trace_id is not None:
+            items += ["trace_id", trace_id]
         claimed = 1 if fresh_id else await self._claim_id(record, request, items)
         if not claimed:
             return None
@@ -233,15 +249,18 @@ class RunStore:
             if also is not None:
                 also(batch)
             queue_script(batch, self._enqueue_run, [guard, inbox], [envelope, self._guard_ttl])
+        entry_at = len(batch.commands) - 1  # the reply that holds the entry id
         if claimed != 2:
             batch.hset(record, "enqueued", 1)
+            if after is not None:
+                after(batch)
         if wait_ms is not None:
             self._read(batch, request.run_id, "0-0", block_ms=wait_ms, count=_COUNT)
         with translate_errors("submit a run"):
             replies = await run_batch(self._client, batch)
             first_error(replies)
-        events = _events(replies.pop()) if wait_ms is not None else []
-        entry_id = replies[-1] if claimed == 2 else replies[-2]
+        events = decode_events(replies[-1]) if wait_ms is not None else []
+        entry_id = replies[entry_at]
         return (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id or "")), events
 
     async def _claim_id(self, record: str, request: RunRequest, items: list[Any]) -> int:
@@ -249,7 +268,7 @@ class RunStore:
         of its own, before anything else is written: 0 when another run has the id (nothing
         is written then, in its conversation or in any inbox), 2 when this very submit went
         through before, 1 to go on."""
-        args = [self._ttl, _fingerprint(request), *items]
+        args = [self._ttl, fingerprint(request), *items]
         with translate_errors("submit a run"):
             return int(await self._submit_record(keys=[record], args=args))
 
@@ -272,13 +291,17 @@ class RunStore:
             reply: Any = await self._client.hmget(self._keys.run(run_id), _PEEKED)
         return self.peeked(reply)
 
-    async def requeue(self, request: RunRequest, marker: str) -> str:
+    async def requeue(
+        self, request: RunRequest, marker: str, *, trace_id: str | None = None
+    ) -> str:
         """Put a replayed run back to ``queued`` (its result cleared, a ``run.requeued``
         event after its terminal one), once per replay *marker*; the run's status after.
 
         Both the replay command and the worker that takes the replayed entry call this, in
         either order: the second finds the marker and changes nothing. A run that completed
-        or was cancelled is left as it is (and its replayed entry is only acked).
+        or was cancelled is left as it is (and its replayed entry is only acked). The one
+        that puts it back adds ``requeued`` to the lifecycle feed (in a round trip of its
+        own: only then is it known).
         """
         event = RunEvent(type=REQUEUED, data={"replay": marker}, at=time.time())
         args: list[Any] = [self._ttl, self._maxlen, marker, _encode(event)]
@@ -286,7 +309,15 @@ class RunStore:
         args += ["submitted_at", request.submitted_at]
         keys = [self._keys.run(request.run_id), self._keys.run_events(request.run_id)]
         with translate_errors("requeue a replayed run"):
-            _, status = await self._requeue(keys=keys, args=args)
+            done, status = await self._requeue(keys=keys, args=args)
+            if done:
+                feed = LifecycleEvent(
+                    run=request.run_id, agent=request.agent, status="requeued",
+                    session=request.session_id, trace=trace_id,
+                )  # fmt: skip
+                async with self._client.pipeline(transaction=False) as pipe:
+                    append_lifecycle(pipe, self._keys, self._events_maxlen, feed)
+                    await pipe.execute()
         return status.decode() if isinstance(status, bytes) else str(status)
 
     async def get(self, run_id: str) -> RunResult | None:
@@ -298,7 +329,7 @@ class RunStore:
             return None
         if not isinstance(raw, dict):  # RESP2: [field, value, …]
             raw = dict(zip(raw[::2], raw[1::2], strict=True))
-        return _result(run_id, {k.decode(): v.decode() for k, v in raw.items()})
+        return decode_result(run_id, {k.decode(): v.decode() for k, v in raw.items()})
 
     async def status(self, run_id: str) -> dict[str, str]:
         """The raw status fields of a run (empty when unknown)."""
@@ -375,6 +406,7 @@ class RunStore:
         *,
         count_attempt: bool = False,
         token: str | None = None,
+        trace_id: str | None = None,
     ) -> None:
         """Queue the append of *events* and the terminal event (which carries the result)
         and the store of the result, in one script; it writes nothing when the run ended
@@ -398,6 +430,8 @@ class RunStore:
             "started_at": result.started_at or "",
             "finished_at": result.finished_at or time.time(),
         }
+        if trace_id is not None:
+            fields["trace_id"] = trace_id
         token = token or os.urandom(8).hex()
         args: list[Any] = [self._ttl, self._maxlen, 1 if count_attempt else 0, token, len(fields)]
         for name, value in fields.items():
@@ -407,9 +441,16 @@ class RunStore:
         keys = [self._keys.run(result.run_id), self._keys.run_events(result.run_id)]
         queue_script(pipe, self._finish, keys, args)
 
-    async def store(self, result: RunResult) -> bool:
-        """Store *result* and its terminal event now; ``False`` when the run had ended."""
-        (reply,) = await self.write(lambda pipe: self.finish(pipe, result))
+    async def store(self, result: RunResult, *, also: Also = None) -> bool:
+        """Store *result* and its terminal event now (*also* queues more in the same round
+        trip, e.g. a lifecycle event); ``False`` when the run had ended."""
+
+        def fill(pipe: Any) -> None:
+            self.finish(pipe, result)
+            if also is not None:
+                also(pipe)
+
+        reply, *_ = await self.write(fill)
         with translate_errors("store a run result"):
             first_error([reply])
         return bool(reply)
@@ -420,7 +461,7 @@ class RunStore:
         """Events after the id *after*, waiting up to *block_ms* for one when there is none."""
         batch = Batch()
         self._read(batch, run_id, after, block_ms=block_ms, count=count)
-        return _events(await self._one("read run events", batch))
+        return decode_events(await self._one("read run events", batch))
 
     def _read(
         self, batch: Batch, run_id: str, after: str, *, block_ms: int | None, count: int
@@ -448,52 +489,7 @@ async def requeue_for_replay(
         return False  # a plain task's letter
     if request.agent != envelope.target:
         return False
-    return await RunStore(client, keys, settings).requeue(request, marker) == "queued"
-
-
-def _fingerprint(request: RunRequest) -> str:
-    """What a submit sent again has in common with the first try (not its time)."""
-    same = msgspec.structs.replace(request, submitted_at=0.0)
-    return hashlib.blake2b(_encode(same), digest_size=12).hexdigest()
-
-
-def _events(reply: Any) -> list[RunEvent]:
-    """Run events from an XREAD reply (in order, each with its stream id): as redis-py
-    parses it, or as Redis sent it (an entry's fields then a flat list)."""
-    events = []
-    for _stream, entries in _items(reply):
-        for entry_id, fields in entries:
-            if not isinstance(fields, dict):  # as Redis sent them: [field, value, …]
-                fields = dict(zip(fields[::2], fields[1::2], strict=True))
-            event = _event_decoder.decode(fields[b"event"])
-            events.append(msgspec.structs.replace(event, id=entry_id.decode()))
-    return events
-
-
-def _items(reply: Any) -> Any:
-    if not reply:
-        return ()
-    return reply.items() if isinstance(reply, dict) else reply
-
-
-def _result(run_id: str, raw: dict[str, str]) -> RunResult:
-    def number(name: str) -> float | None:
-        value = raw.get(name)
-        return float(value) if value else None
-
-    status = raw.get("status", "queued")
-    return RunResult(
-        run_id=run_id,
-        status=status if status in (*TERMINAL_STATUS, "queued", "running") else "queued",  # type: ignore[arg-type]
-        agent=raw.get("agent", ""),
-        session_id=raw.get("session_id") or None,
-        final_output=msgspec.json.decode(raw["final_output"]) if raw.get("final_output") else None,
-        last_agent=raw.get("last_agent") or None,
-        usage=msgspec.json.decode(raw["usage"]) if raw.get("usage") else {},
-        error=raw.get("error") or None,
-        error_type=raw.get("error_type") or None,
-        worker=raw.get("worker") or None,
-        submitted_at=number("submitted_at") or 0.0,
-        started_at=number("started_at"),
-        finished_at=number("finished_at"),
-    )
+    parent = parse_traceparent(envelope.traceparent)
+    trace_id = parent.trace_id if parent is not None else None
+    status = await RunStore(client, keys, settings).requeue(request, marker, trace_id=trace_id)
+    return status == "queued"

@@ -65,8 +65,10 @@ def submit_args(
     result_ttl_seconds: int = 86_400,
     timeout_seconds: float = 120.0,
     max_entry_bytes: int = 1_048_576,
+    traceparent: str | None = None,
 ) -> list[bytes | str | int]:
-    """The script's ARGV: the key *prefix*, the *request* JSON and the limits the settings
-    name (``runs.result_ttl_seconds``, ``runs.timeout_seconds``, ``streams.max_entry_bytes``)."""
+    """The script's ARGV: the key *prefix*, the *request* JSON, the limits the settings
+    name (``runs.result_ttl_seconds``, ``runs.timeout_seconds``, ``streams.max_entry_bytes``)
+    and the W3C *traceparent* of the caller's span (the run joins its trace), if any."""
     guard = result_ttl_seconds  # as RunStore's guard: no longer than the record
-    return [prefix, request, result_ttl_seconds, guard, max_entry_bytes]
+    return [prefix, request, result_ttl_seconds, guard, max_entry_bytes, traceparent or ""]

@@ -14,6 +14,9 @@
 -- ARGV[3]  seconds the record is kept (runs.result_ttl_seconds); '' or absent: 86400
 -- ARGV[4]  seconds the guard is kept; '' or absent: ARGV[3] (at most as long as the record)
 -- ARGV[5]  the largest envelope in bytes (streams.max_entry_bytes); '' or absent: 1048576
+-- ARGV[6]  the W3C traceparent of the publisher's span ('00-<32 hex>-<16 hex>-<2 hex>'): the
+--          run joins that trace; '' or absent: the run's own trace, whose id is the first 32
+--          hex digits of the SHA-1 of its run id (the record's trace_id either way)
 --
 -- Reply: {'submitted', entry id, seq}: enqueued now; {'duplicate', entry id, seq}: this very
 -- request was submitted under this run id before (a retry: nothing written again);
@@ -141,6 +144,18 @@ if not name_ok(agent) then return refuse('agent' .. RULE) end
 if session_id ~= nil and not name_ok(session_id) then return refuse('session_id' .. RULE) end
 local why = unreadable(request)
 if why then return refuse(why) end
+local traceparent, trace_id = ARGV[6], nil
+if traceparent == nil or traceparent == '' then
+  traceparent = nil
+  trace_id = string.sub(redis.sha1hex(run_id), 1, 32)
+else
+  local span
+  trace_id, span = string.match(traceparent, '^00%-(%x+)%-(%x+)%-%x%x$')
+  if not trace_id or #trace_id ~= 32 or #span ~= 16 or string.find(traceparent, '%u')
+      or trace_id == string.rep('0', 32) or span == string.rep('0', 16) then
+    return refuse('ARGV[6] must be a W3C traceparent, 00-<32 hex>-<16 hex>-<2 hex>, or empty')
+  end
+end
 local ttl = whole_seconds(ARGV[3], 86400)
 local guard_ttl = whole_seconds(ARGV[4], ttl or 0)
 local max_bytes = whole_seconds(ARGV[5], 1048576)
@@ -164,7 +179,8 @@ local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 -- the request as sent, with its submit time: the client's JSON is kept byte for byte
 local payload = '{"submitted_at":' .. now .. (string.match(rest, '^%s*}') and '' or ',') .. rest
 local envelope = '{"v":1,"id":' .. cjson.encode(run_id) .. ',"target":' .. cjson.encode(agent)
-  .. ',"payload":' .. payload .. ',"created_at":' .. now .. '}'
+  .. ',"payload":' .. payload .. ',"created_at":' .. now
+  .. (traceparent and (',"traceparent":' .. cjson.encode(traceparent)) or '') .. '}'
 if #envelope > max_bytes then
   return refuse('the envelope is ' .. #envelope .. ' bytes, over streams.max_entry_bytes ('
     .. max_bytes .. ')')
@@ -172,7 +188,7 @@ end
 
 local fingerprint = redis.sha1hex(raw)
 local fields = {ttl, fingerprint, 'status', 'queued', 'agent', agent,
-                'session_id', session_id or '', 'submitted_at', now}
+                'session_id', session_id or '', 'submitted_at', now, 'trace_id', trace_id}
 local state = submit_record({KEYS[1]}, fields)
 if state == 0 then return {'exists', '', 0} end
 if state == 2 then  -- a retry of a submit that went through: nothing to write

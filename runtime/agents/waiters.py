@@ -27,7 +27,8 @@ import redis.asyncio
 import redis.exceptions
 
 from runtime.agents.protocol import RunEvent
-from runtime.agents.runs import RunStore, _events
+from runtime.agents.records import decode_events
+from runtime.agents.runs import RunStore
 from runtime.keys import Keys
 from runtime.log import get_logger
 from runtime.redis.connection import Batch, first_error, run_batch, translate_errors
@@ -171,7 +172,7 @@ class RunWaiters:
             if key == self._wake_key:
                 self._wake_after = entries[-1][0].decode()
             else:
-                read[key] = (_events([(stream, entries)]), len(entries) >= COUNT)
+                read[key] = (decode_events([(stream, entries)]), len(entries) >= COUNT)
         for wait in self._waits:
             if wait.events is not None or wait.key not in read:
                 continue

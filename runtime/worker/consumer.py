@@ -19,8 +19,6 @@ Delivery contract (docs/delivery.md):
 from __future__ import annotations
 
 import functools
-import os
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,9 +33,11 @@ from runtime.envelope import Envelope, MalformedEntry, Reason, decode_entry
 from runtime.errors import Defer, PermanentError, RetryLater
 from runtime.keys import Keys
 from runtime.log import get_logger
+from runtime.observability.telemetry import Telemetry
+from runtime.observability.tracecontext import TraceParent
 from runtime.scripts import Scripts
 from runtime.settings.model import Settings
-from runtime.worker.faults import UNREACHABLE, Faults, backoff, classify
+from runtime.worker.faults import UNREACHABLE, Faults, backoff, classify, retry_backoff
 from runtime.worker.intake import Intake
 from runtime.worker.invoke import (
     TimedOut,
@@ -48,7 +48,9 @@ from runtime.worker.invoke import (
     payload_type_name,
 )
 from runtime.worker.leases import Leases
+from runtime.worker.observe import Observer, worker_telemetry
 from runtime.worker.outcome import Entry, Outcomes, WorkerStats
+from runtime.worker.recycle import Recycler
 from runtime.worker.settle import Settler
 from runtime.worker.slots import Slots
 
@@ -73,7 +75,9 @@ class Worker:
     one begins (Redis out of memory, loading, read-only, unreachable…), ``None`` when every
     call works again. :attr:`fault` holds the reason in the meantime. *on_busy* is called once,
     when the first handler starts (a process that dies after it died running work, not
-    starting up).
+    starting up). *telemetry* records its spans and metrics (:mod:`runtime.worker.observe`);
+    by default the worker makes its own from the settings (none when both are off) and
+    flushes it while it runs, once more as it stops.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class Worker:
         on_recycle: Callable[[str], None] | None = None,
         on_fault: Callable[[str | None], None] | None = None,
         on_busy: Callable[[], None] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -102,6 +107,8 @@ class Worker:
         self._slots = Slots(self._cfg.concurrency)
         self._faults = Faults(on_fault)
         self._on_busy = on_busy
+        self.telemetry = telemetry or worker_telemetry(app, settings, self.keys, consumer)
+        self._observer = Observer(self.telemetry, clock_offset=lambda: self._intake.clock_offset)
         self._leases = Leases(
             self._scripts,
             group=self._group,
@@ -119,6 +126,7 @@ class Worker:
             stats=self.stats,
             faults=self._faults,
             on_acked=self._slots.acked,
+            observer=self._observer,
         )
         self._intake = Intake(
             client,
@@ -130,6 +138,7 @@ class Worker:
             outcomes=self._outcomes,
             stats=self.stats,
             renew_if_late=self._leases.renew_if_late,
+            observer=self._observer,
         )
         self._settler = Settler(
             client,
@@ -140,11 +149,13 @@ class Worker:
             leases=self._leases,
             handlers={s: app.handlers[t] for s, t in self._targets.items()},
             redis_now=self._now,
+            observer=self._observer,
         )
         self._stopping = anyio.Event()
         self._grace = self._cfg.shutdown_grace_seconds
         self._drain_scope: anyio.CancelScope | None = None
         self._on_recycle = on_recycle
+        self._recycler = Recycler(self._cfg, self.stats, self._recycle)
 
     # --- lifecycle ----------------------------------------------------------------------
     def stop(self, reason: str = "stop requested", *, grace: float | None = None) -> None:
@@ -179,6 +190,8 @@ class Worker:
         self._leases.renewed_at = anyio.current_time()
         renewing = anyio.CancelScope()
         async with anyio.create_task_group() as services:
+            if self.telemetry is not None:  # stopped last: its final flush has it all
+                await services.start(self.telemetry.run, self.client)
             services.start_soon(self._outcomes.ack_loop)
             services.start_soon(self._renewing, renewing)
             async with anyio.create_task_group() as handlers:
@@ -386,8 +399,9 @@ class Worker:
         self.stats.handled += 1
         self._busy()
         try:
-            ctx = self._context(entry, envelope)
-            await invoke(entry, handler, ctx, payload, limit=timeout)
+            with self._observer.attempt(entry, envelope, tries, handler) as trace:
+                ctx = self._context(entry, envelope, trace)
+                await invoke(entry, handler, ctx, payload, limit=timeout)
         except TimedOut as exc:
             await self._failed(entry, envelope, tries, str(exc), None)
         except PermanentError as exc:
@@ -414,9 +428,9 @@ class Worker:
                 self.stats.succeeded += 1
                 self._outcomes.ack(entry)
         finally:
-            self._maybe_recycle()
+            self._recycler.after_entry()
 
-    def _context(self, entry: Entry, envelope: Envelope) -> TaskContext:
+    def _context(self, entry: Entry, envelope: Envelope, trace: TraceParent | None) -> TaskContext:
         return TaskContext(
             task_id=envelope.id,
             target=envelope.target,
@@ -432,6 +446,8 @@ class Worker:
             keys=self.keys,
             settings=self.settings,
             queue_ack=functools.partial(self._outcomes.queue_ack, entry),
+            telemetry=self.telemetry,
+            trace=trace,
         )
 
     async def _failed(
@@ -445,7 +461,7 @@ class Worker:
             return
         if delay is None:
             cfg = self._cfg
-            delay = _backoff(
+            delay = retry_backoff(
                 envelope.attempt, cfg.retry_backoff_seconds, cfg.retry_backoff_max_seconds
             )
         await self._settler.settle(
@@ -453,11 +469,6 @@ class Worker:
             lambda: self._outcomes.retry(entry, envelope, error, delay),
             self._settler.gone(entry),
         )
-
-    def _maybe_recycle(self) -> None:
-        limit = self._cfg.max_entries
-        if limit and self.stats.handled >= limit:
-            self._recycle(f"handled {self.stats.handled} entries (worker.max_entries = {limit})")
 
     def _recycle(self, reason: str) -> None:
         if self._stopping.is_set():
@@ -469,30 +480,8 @@ class Worker:
     # --- leases -------------------------------------------------------------------------
     async def _renew_leases(self) -> None:
         await self._leases.next_renewal()
-        self._check_memory()
-
-    def _check_memory(self) -> None:
-        limit = self._cfg.max_rss_mb
-        if limit:
-            rss = _rss_mb()
-            if rss > limit:
-                self._recycle(f"resident memory {rss:.0f} MiB over worker.max_rss_mb = {limit}")
+        self._recycler.check_memory()
 
 
 def _is_nogroup(exc: redis.exceptions.RedisError) -> bool:
     return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith("NOGROUP")
-
-
-def _backoff(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with equal jitter: half fixed, half random."""
-    ceiling = min(cap, base * (2.0**attempt))
-    return ceiling / 2 + random.uniform(0.0, ceiling / 2)
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as statm:
-            pages = int(statm.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)

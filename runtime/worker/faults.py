@@ -26,7 +26,7 @@ import redis.exceptions
 
 from runtime.log import get_logger
 
-__all__ = ["Faults", "backoff", "classify"]
+__all__ = ["Faults", "backoff", "classify", "retry_backoff"]
 
 log = get_logger(__name__)
 
@@ -86,6 +86,14 @@ def backoff(failures: int) -> float:
     """Seconds to wait after *failures* failures in a row: exponential, capped, with jitter
     (half fixed, half random), so a fleet does not retry in step."""
     ceiling = min(_MAX_DELAY, _BASE_DELAY * 2.0 ** min(failures, 16))
+    return ceiling / 2 + random.uniform(0.0, ceiling / 2)
+
+
+def retry_backoff(attempt: int, base: float, cap: float) -> float:
+    """Seconds before the next attempt of a task that failed *attempt* times before this
+    one (``worker.retry_backoff_seconds``, ``…_max_seconds``): exponential, capped, with
+    equal jitter (half fixed, half random)."""
+    ceiling = min(cap, base * (2.0**attempt))
     return ceiling / 2 + random.uniform(0.0, ceiling / 2)
 
 

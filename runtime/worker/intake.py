@@ -21,6 +21,7 @@ from runtime.keys import Keys
 from runtime.log import get_logger
 from runtime.scripts import Scripts
 from runtime.settings.model import Settings
+from runtime.worker.observe import Observer
 from runtime.worker.outcome import Entry, Outcomes, WorkerStats
 from runtime.worker.slots import Slots
 
@@ -59,8 +60,10 @@ class Intake:
         outcomes: Outcomes,
         stats: WorkerStats,
         renew_if_late: Callable[[], Awaitable[None]],
+        observer: Observer | None = None,
     ) -> None:
         self._client = client
+        self._observer = observer
         self._cfg = settings.worker
         self._group = settings.streams.group
         self._lease_ms = int(settings.worker.lease_seconds * 1000)
@@ -174,6 +177,8 @@ class Intake:
                 admitted += self._slots.admit(stream, entry_id, fields, counts[entry_id])
         if admitted:
             self._stats.reclaimed += admitted
+            if self._observer is not None:
+                self._observer.reclaimed(self._streams.targets[stream], admitted)
             log.info("worker.reclaimed", stream=stream.decode(), entries=admitted)
 
     async def _keep_running(self, stream: bytes, running: list[Entry]) -> None:

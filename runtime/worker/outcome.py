@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -30,6 +30,10 @@ from runtime.log import get_logger
 from runtime.scripts import Scripts
 from runtime.settings.model import Settings
 from runtime.worker.faults import Faults, backoff, classify
+
+if TYPE_CHECKING:
+    from runtime.observability.spans import SpanRecord
+    from runtime.worker.observe import Observer
 
 __all__ = ["MAX_COPIED_FIELDS", "PREVIEW_BYTES", "Entry", "Outcomes", "WorkerStats"]
 
@@ -80,6 +84,9 @@ class Entry:
     settling: bool = False
     """Its outcome is being written (whether its lease was lost, that write tells) or was
     written (its dead-letter hook may still run): a renewal that misses it is no lost lease."""
+    span: SpanRecord | None = None
+    """The span of its current attempt (with tracing on): the parent of a retry's or a dead
+    letter's span."""
 
 
 # KEYS: inbox. ARGV: group, entry id. A script with flags (the shebang line, none given): Redis
@@ -106,9 +113,11 @@ class Outcomes:
         stats: WorkerStats,
         faults: Faults | None = None,
         on_acked: Callable[[bytes, list[bytes]], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._client = client
         self._faults = faults or Faults()
+        self._observer = observer
         self._on_acked = on_acked
         self._scripts = Scripts.register(client)
         self._keys = keys
@@ -220,6 +229,8 @@ class Outcomes:
         if settled:
             if count:
                 self._stats.retried += 1
+                if self._observer is not None:
+                    self._observer.retried(entry, envelope, error, delay)
             self.retry_scheduled.set()
         return bool(settled)
 

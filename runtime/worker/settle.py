@@ -25,6 +25,7 @@ from runtime.log import get_logger
 from runtime.settings.model import Settings
 from runtime.worker.faults import UNREACHABLE, Faults, backoff, classify
 from runtime.worker.leases import Leases
+from runtime.worker.observe import Observer
 from runtime.worker.outcome import Entry, Outcomes
 
 __all__ = ["Settler"]
@@ -53,6 +54,7 @@ class Settler:
         leases: Leases,
         handlers: dict[bytes, Handler],
         redis_now: Callable[[], float],
+        observer: Observer | None = None,
     ) -> None:
         self._client = client
         self._settings = settings
@@ -62,6 +64,7 @@ class Settler:
         self._leases = leases
         self._handlers = handlers
         self._redis_now = redis_now
+        self._observer = observer or Observer(None, clock_offset=lambda: 0.0)
 
     async def settle(
         self,
@@ -127,12 +130,14 @@ class Settler:
 
         if not await self.settle(entry, write, written):
             return
-        hook = self._handlers[entry.stream].on_dead_letter
-        if hook is not None and envelope is not None:
+        handler = self._handlers[entry.stream]
+        self._observer.dead_lettered(entry, handler.name, envelope, str(reason), detail, error)
+        if handler.on_dead_letter is not None and envelope is not None:
             info = DeadLetterContext(
-                envelope, str(reason), error, self._client, self._keys, self._settings, detail
-            )
-            await _run_hook(hook, info)
+                envelope, str(reason), error, self._client, self._keys, self._settings, detail,
+                self._observer.telemetry,
+            )  # fmt: skip
+            await _run_hook(handler.on_dead_letter, info)
 
     def gone(self, entry: Entry) -> Written:
         """Whether *entry* left its inbox: after an ambiguous retry, it was our retry that

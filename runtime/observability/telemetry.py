@@ -1,0 +1,245 @@
+"""One process's telemetry: its trace recorder, its metrics recorder, its OpenTelemetry bridge,
+and the task that flushes them.
+
+    tel = Telemetry.from_settings(keys, settings, process="host:ab12:0",
+                                  resource={"worker": "host:ab12:0", "app": "support"})
+    async with anyio.create_task_group() as tg:
+        await tg.start(tel.run, client)   # flushes every observability.flush_interval_seconds
+        ...
+        tg.cancel_scope.cancel()          # a last flush (shielded) on the way out
+
+Recording is synchronous and does no I/O (a span or a sample is buffered); :meth:`Telemetry.run`
+writes what was buffered, traces first (their listeners turn ended SDK spans into metrics and
+OpenTelemetry spans), then metrics, each in one round trip.
+
+The app side has no flusher: a submit writes its span, its lifecycle event and its count in
+its own round trip (:func:`submit_span`, :func:`queue_count`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+import redis.asyncio
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
+
+from runtime.errors import RedisError
+from runtime.keys import Keys
+from runtime.log import get_logger
+from runtime.observability.metrics import MetricsRecorder, clean_labels, encode_field, spec_of
+from runtime.observability.spans import SpanRecord, TraceRecorder
+from runtime.observability.tracecontext import (
+    TraceParent,
+    new_span_id,
+    parse_traceparent,
+)
+from runtime.settings.model import Settings
+
+if TYPE_CHECKING:
+    from runtime.observability.otel import OTelBridge
+
+__all__ = [
+    "Telemetry",
+    "app_bridge",
+    "new_traceparent",
+    "otel_bridge",
+    "queue_count",
+    "queue_span",
+    "span_metrics",
+    "submit_span",
+    "trace_id_for",
+]
+
+log = get_logger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+
+_FINAL_FLUSH_SECONDS = 5.0
+_MODEL_KINDS = frozenset({"generation", "response"})
+
+
+class Telemetry:
+    """The recorders of one process and their flusher (see the module's docstring).
+
+    :attr:`tracing` and :attr:`metering` say what the settings turned on: with one off, its
+    recorder accepts every call and writes nothing; callers on hot paths test the flag
+    first, so a switched-off kind costs a branch.
+    """
+
+    def __init__(
+        self,
+        traces: TraceRecorder,
+        metrics: MetricsRecorder,
+        otel: OTelBridge | None = None,
+        *,
+        interval: float = 0.5,
+    ) -> None:
+        self.traces = traces
+        self.metrics = metrics
+        self.otel = otel
+        self.tracing = traces.enabled
+        self.metering = metrics.enabled
+        self.interval = interval
+        self._failing = False
+        if otel is not None:
+            traces.add_listener(otel.export)
+        if self.metering:
+            traces.add_listener(lambda span: span_metrics(metrics, span))
+
+    @classmethod
+    def from_settings(
+        cls, keys: Keys, settings: Settings, *, process: str, resource: dict[str, str]
+    ) -> Telemetry:
+        """The recorders the settings ask for; an OpenTelemetry bridge when tracing is on and
+        the app installed an OpenTelemetry SDK tracer provider, or ``observability.otel_exporter``
+        names an exporter."""
+        obs = settings.observability
+        traces = TraceRecorder(keys, settings, resource)
+        metrics = MetricsRecorder(keys, settings, process=process)
+        otel = otel_bridge(settings, resource) if obs.tracing else None
+        return cls(traces, metrics, otel, interval=obs.flush_interval_seconds)
+
+    async def flush(self, client: redis.asyncio.Redis) -> None:
+        """Write what is buffered: traces (their listeners first), then metrics. A Redis
+        error is logged once per outage; what could not be written is kept for the next."""
+        try:
+            await self.traces.flush(client)
+        except RedisError as exc:
+            if not self._failing:
+                self._failing = True
+                log.warning("telemetry.flush_failed", error=str(exc))
+        else:
+            if self._failing:
+                self._failing = False
+                log.info("telemetry.flush_recovered")
+        with anyio.CancelScope(shield=True):  # never cut half-written (see MetricsRecorder.run)
+            await self.metrics.flush(client)
+
+    async def run(
+        self, client: redis.asyncio.Redis, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        """Flush every ``observability.flush_interval_seconds`` until cancelled; then once
+        more (shielded, for at most 5 s) and shut the OpenTelemetry bridge down."""
+        task_status.started()
+        try:
+            while True:
+                await anyio.sleep(self.interval)
+                await self.flush(client)
+        finally:
+            with anyio.move_on_after(_FINAL_FLUSH_SECONDS, shield=True):
+                await self.flush(client)
+                if self.otel is not None:
+                    await anyio.to_thread.run_sync(self.otel.shutdown)
+
+
+def otel_bridge(settings: Settings, resource: dict[str, str]) -> OTelBridge | None:
+    """The OpenTelemetry bridge of a worker, imported only when it can be wanted: an exporter
+    is named, or an OpenTelemetry SDK (a tracer provider of the app's) is loaded."""
+    wanted = settings.observability.otel_exporter != "none"
+    if not wanted and "opentelemetry.sdk.trace" not in sys.modules:
+        return None
+    from runtime.observability.otel import OTelBridge
+
+    return OTelBridge.from_settings(settings, resource)
+
+
+_app_bridge: list[OTelBridge] = []
+
+
+def app_bridge(settings: Settings) -> OTelBridge | None:
+    """The bridge an app's submits export their spans through (one per process, made at
+    the first traced submit): the app's own OpenTelemetry SDK tracer provider, or one for
+    ``observability.otel_exporter``; ``None`` when there is neither (the check is a
+    dictionary lookup until an OpenTelemetry SDK is loaded)."""
+    if _app_bridge:
+        return _app_bridge[0]
+    bridge = otel_bridge(settings, {})
+    if bridge is not None:
+        _app_bridge.append(bridge)
+    return bridge
+
+
+def span_metrics(metrics: MetricsRecorder, span: SpanRecord) -> None:
+    """The metrics an ended SDK span stands for: a model call (``generation`` / ``response``:
+    ``model_calls``, ``tokens_in``, ``tokens_out`` from its usage), a tool call (``function``:
+    ``tool_calls`` by tool) or an agent's turn (``agent``: ``turn_latency``). The agent label
+    is the run's agent (the attribute the worker binds to every span of a run)."""
+    kind = span.kind
+    if kind in _MODEL_KINDS:
+        attrs = span.attrs
+        agent = attrs.get("agent")
+        metrics.count("model_calls", 1, agent=agent)
+        usage = attrs.get("usage")
+        if isinstance(usage, dict):
+            metrics.count("tokens_in", _number(usage.get("input_tokens")), agent=agent)
+            metrics.count("tokens_out", _number(usage.get("output_tokens")), agent=agent)
+    elif kind == "function":
+        attrs = span.attrs
+        metrics.count("tool_calls", 1, agent=attrs.get("agent"), tool=attrs.get("tool"))
+    elif kind == "agent" and span.end is not None:
+        agent = span.attrs.get("agent")
+        metrics.observe("turn_latency", (span.end - span.start) * 1000, agent=agent)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def queue_count(pipe: Any, keys: Keys, metric: str, value: float, **labels: str | None) -> None:
+    """Queue on *pipe* the addition of *value* to the fleet total of the counter *metric*
+    (``HINCRBYFLOAT`` on ``keys.metrics_totals()``, the field as the metrics recorder names
+    it): for a process without a flusher, in a round trip it makes anyway."""
+    spec_of(metric, "counter")
+    field = encode_field(metric, clean_labels(labels))
+    pipe.execute_command("HINCRBYFLOAT", keys.metrics_totals(), field, value)
+
+
+def queue_span(pipe: Any, keys: Keys, span: SpanRecord, ttl_ms: int) -> None:
+    """Queue the write of *span* and its trace's expiry (``HSET``, ``PEXPIRE``) on *pipe*, a
+    redis-py pipeline or a :class:`~runtime.redis.connection.Batch` (the same write as the
+    recorder's flush)."""
+    key = keys.trace_spans(span.trace_id)
+    pipe.execute_command("HSET", key, span.span_id, _encode(span))
+    pipe.execute_command("PEXPIRE", key, ttl_ms)
+
+
+def trace_id_for(task_id: str) -> str:
+    """The trace id of a task (a run) whose publisher gave no trace context: the first 32
+    hex digits of the SHA-1 of its id, so every attempt of the task, and anyone who knows
+    its id, finds it (``submit_run.lua`` makes the same with ``redis.sha1hex``)."""
+    return hashlib.sha1(task_id.encode(), usedforsecurity=False).hexdigest()[:32]
+
+
+def submit_span(
+    target: str, traceparent: str | None, *, task_id: str, start: float, attrs: dict[str, Any]
+) -> tuple[SpanRecord, str]:
+    """The ``submit <target>`` span of a submit (from *start* to now) and the ``traceparent``
+    its entry carries: a child of *traceparent* (the caller's OpenTelemetry span, when valid),
+    else the root of the task's own trace (:func:`trace_id_for`)."""
+    parent = parse_traceparent(traceparent)
+    span = SpanRecord(
+        trace_id=parent.trace_id if parent is not None else trace_id_for(task_id),
+        span_id=new_span_id(),
+        parent_id=parent.span_id if parent is not None else None,
+        name=f"submit {target}",
+        kind="submit",
+        start=start,
+        end=max(start, time.time()),
+        status="ok",
+        attrs=attrs,
+    )
+    return span, TraceParent(span.trace_id, span.span_id).header()
+
+
+def new_traceparent(traceparent: str | None, task_id: str) -> str:
+    """*traceparent* when valid, else the header of the task's own trace
+    (:func:`trace_id_for`) with a span id of its own (no span is written for it)."""
+    if traceparent is not None and parse_traceparent(traceparent) is not None:
+        return traceparent
+    return TraceParent(trace_id_for(task_id), new_span_id()).header()
