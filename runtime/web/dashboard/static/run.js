@@ -66,7 +66,7 @@
 
   function axisRow(total) {
     const labels = [0, 0.25, 0.5, 0.75, 1].map((f) =>
-      el("span", { style: { left: f * 100 + "%" } }, duration(total * f)));
+      el("span", { style: { left: f * 100 + "%" } }, f === 0 ? "0" : duration(total * f)));
     return el("div", { class: "wf-row axis" },
       el("div", { class: "wf-name" }, "span"),
       el("div", { class: "wf-axis-labels" }, labels),
@@ -131,7 +131,6 @@
 
   /* --- events ------------------------------------------------------------------------ */
   function eventText(event) {
-    if (event.count > 1) return event.count + " text deltas";
     const data = event.data || {};
     if (typeof data.text === "string") return data.text;
     const text = JSON.stringify(data);
