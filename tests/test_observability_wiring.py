@@ -7,18 +7,26 @@ Real Redis, in-process workers (tests.helpers.running_worker) serving tests.apps
 
 from __future__ import annotations
 
+import json
+import signal
 from typing import Any
 
+import anyio
+import msgspec
+import pytest
 import redis.asyncio
+import redis.exceptions
 
 from runtime import Keys, Settings
+from runtime.agents.submission import submit_args, submit_keys, submit_script
 from runtime.observability.metrics import decode_field
 from runtime.observability.spans import SpanRecord
+from runtime.observability.telemetry import trace_id_for
 from runtime.observability.trace_store import TraceStore
 from runtime.observability.tracecontext import parse_traceparent
 from runtime.producer import Producer
 from tests.conftest import make_settings
-from tests.helpers import running_worker, wait_until
+from tests.helpers import running_worker, wait_until, worker_process
 
 
 def _settings(redis_url: str, keys: Keys, **overrides: object) -> Settings:
@@ -47,7 +55,7 @@ async def test_a_retried_then_dead_lettered_task_is_one_trace_and_counted_exactl
     producer = Producer(client, keys=keys, settings=settings)
     sent = await producer.enqueue("flaky", {"n": 1})
     envelope_raw = (await client.xrange(keys.inbox("flaky")))[0][1][b"envelope"]
-    context = parse_traceparent(__import__("json").loads(envelope_raw)["traceparent"])
+    context = parse_traceparent(json.loads(envelope_raw)["traceparent"])
     assert context is not None
     async with running_worker(settings, client):
 
@@ -97,3 +105,59 @@ async def test_a_retried_then_dead_lettered_task_is_one_trace_and_counted_exactl
     assert got[("dead_letters", (("target", "flaky"),))] == 1
     assert got[("handler_latency_count", (("target", "flaky"),))] == 2
     assert got[("queue_wait_count", (("target", "flaky"),))] == 2
+
+
+async def test_a_run_submitted_by_the_script_joins_the_trace_it_names(
+    redis_url: str, client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    """submit_run.lua (ARGV 6): the envelope carries the publisher's traceparent, the record
+    names its trace; without one, the run's own trace (SHA-1 of its id) as the Python client
+    makes it; a malformed one is refused, nothing written."""
+    script = client.register_script(submit_script())
+    mine = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    for run_id, traceparent in (("r-1", mine), ("r-2", None), ("r-3", "00-XYZ-1-01")):
+        request = msgspec.json.encode({"run_id": run_id, "agent": "triage", "input": "hi"})
+        args = submit_args(keys.prefix, request, traceparent=traceparent)
+        call = script(keys=submit_keys(keys, "triage", run_id), args=args)
+        if run_id == "r-3":
+            with pytest.raises(redis.exceptions.ResponseError, match=r"ARGV\[6\] must be a W3C"):
+                await call
+        else:
+            assert (await call)[0] == b"submitted"
+    records = [await client.hgetall(keys.run(r)) for r in ("r-1", "r-2", "r-3")]
+    assert records[0][b"trace_id"] == b"0af7651916cd43dd8448eb211c80319c"
+    assert records[1][b"trace_id"] == trace_id_for("r-2").encode() and not records[2]
+    entries = await client.xrange(keys.inbox("triage"))
+    envelopes = [json.loads(fields[b"envelope"]) for _, fields in entries]
+    assert [e.get("traceparent") for e in envelopes] == [mine, None]
+
+
+async def test_a_worker_process_writes_what_it_buffered_as_it_stops(
+    redis_url: str, client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    """With a flush interval longer than the test, only the worker's last flush, as it
+    stops (SIGTERM, before its os._exit), can have written the attempt's span and metrics."""
+    settings = _settings(redis_url, keys, observability__flush_interval_seconds="60")
+    sent = await Producer(client, keys=keys, settings=settings).enqueue("echo", {"n": 1})
+    proc = worker_process(
+        "tests.apps:app", redis_url, keys, OBSERVABILITY_FLUSH_INTERVAL_SECONDS="60"
+    )
+    try:
+
+        async def done() -> bool:
+            return sent.task_id.encode() in await client.lrange(keys.scratch("effects"), 0, -1)
+
+        await wait_until(done, what="the task done")
+        assert not await client.exists(keys.metrics_totals())  # nothing flushed yet
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await anyio.to_thread.run_sync(proc.wait, 30)
+    assert proc.returncode == 0
+    trace_id = trace_id_for(sent.task_id)  # no caller's span: the task's own trace
+    spans = await spans_of(client, keys, trace_id)
+    assert sorted(s.kind for s in spans) == ["attempt", "inbox", "submit"]
+    assert all(s.status == "ok" for s in spans)
+    got = await totals(client, keys)
+    assert got[("handler_latency_count", (("target", "echo"),))] == 1
+    summary = await TraceStore(client, keys).get_trace(trace_id)
+    assert summary is not None and summary.status == "ok"

@@ -11,9 +11,13 @@ import redis.asyncio
 
 from runtime import Keys, Settings
 from runtime.agents import AgentClient
+from runtime.agents.runs import requeue_for_replay
+from runtime.dlq import DeadLetters
+from runtime.envelope import Envelope
 from runtime.observability.lifecycle import LifecycleEvent, append_lifecycle, recent_runs
 from runtime.observability.tracecontext import parse_traceparent
 from runtime.producer import Producer
+from tests.agent_apps import make_app as rate_limited_app
 from tests.conftest import make_settings
 from tests.helpers import running_worker, wait_until
 from tests.observability_apps import make_app
@@ -152,3 +156,32 @@ async def test_with_tracing_and_metrics_off_nothing_is_written(
     assert keys.traces() not in written and keys.metrics_totals() not in written
     assert b"trace_id" not in await client.hgetall(keys.run(result.run_id))
     assert keys.events() in written  # the lifecycle feed is not tracing nor metrics
+
+
+async def test_a_dead_lettered_run_replayed_shows_failed_requeued_then_its_outcome(
+    redis_url: str, client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    settings = _settings(redis_url, keys, worker__max_deliveries="1")
+    app, _model = rate_limited_app("rate_limited")  # its first model call is rate limited
+    runs = AgentClient(client, keys=keys, settings=settings)
+    async with running_worker(settings, client, serving=app):
+        handle = await runs.run("triage", "hello")
+        failed = await handle.result(timeout=20)
+        assert (failed.status, failed.error_type) == ("failed", "DeadLettered")
+        (row,) = await recent_runs(client, keys)
+        assert row.status == "failed" and row.error == failed.error, row.error
+
+        async def requeue(envelope: Envelope) -> object:
+            return await requeue_for_replay(client, keys, settings.runs, envelope)
+
+        replayed = await DeadLetters(client, keys=keys).replay("triage", after_move=requeue)
+        assert len(replayed.moved) == 1
+
+        async def completed() -> bool:
+            rows = await recent_runs(client, keys)
+            return [r.status for r in rows] == ["completed"]
+
+        await wait_until(completed, what="the replayed run completed")
+    statuses = [f[b"status"] for _, f in await client.xrange(keys.events())]
+    assert statuses == [b"queued", b"failed", b"requeued", b"completed"]
+    assert (await handle.result(timeout=5)).status == "completed"

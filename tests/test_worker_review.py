@@ -63,8 +63,12 @@ def held_in_thread(ctx: TaskContext, seconds: float) -> None:
 
 
 def _envelope_near_limit(target: str, limit: int) -> tuple[str, int]:
-    """A payload whose envelope, as the producer encodes it, is within 8 bytes of *limit*."""
-    probe = Envelope(id=new_task_id(), target=target, payload="", created_at=time.time())
+    """A payload whose envelope, as the producer encodes it, is within 8 bytes of *limit*
+    (the producer's envelopes carry a traceparent)."""
+    traceparent = f"00-{'0' * 32}-{'0' * 16}-01"
+    probe = Envelope(
+        id=new_task_id(), target=target, payload="", created_at=time.time(), traceparent=traceparent
+    )
     room = limit - len(encode_envelope(probe)) - 8
     return "x" * room, len(encode_envelope(probe)) + room
 
