@@ -15,10 +15,15 @@ import pytest
 import redis.asyncio
 
 from runtime import Keys, Settings
+from runtime.agents import AgentClient
+from runtime.agents.client import RunHandle
 from runtime.observability.metrics import MetricsRecorder
 from runtime.observability.spans import TraceRecorder, TraceSummary
+from runtime.observability.timeseries import MetricsStore
+from runtime.observability.trace_store import TraceStore
 from runtime.observability.tracecontext import new_trace_id
 from tests.conftest import make_settings
+from tests.helpers import running_worker, wait_until
 from tests.test_cli import run_cli
 
 pytestmark = pytest.mark.anyio
@@ -117,11 +122,17 @@ async def test_trace_shows_the_span_tree_with_timings(
     assert "├─ inbox" in rows[1] and "└─ attempt 1" in rows[2]
     assert "│  └─ handoff: triage → billing" in rows[5]
     failed = rows[7]
-    assert "function" in failed and "+800 ms" in failed and "100 ms" in failed
-    assert "KeyError: 1042" in failed and "█" in failed
+    assert "function: lookup_invoice ✗" in failed and "+800 ms" in failed
+    assert "100 ms" in failed and "█" in failed
+    assert lines[-1] == "✗ function: lookup_invoice (+800 ms): KeyError: 1042"  # in full
     assert "120 → 30" in rows[4]
     assert "running" in rows[8] and "▒" in rows[8]
     assert "9 spans" in lines[0] and "1.50 s" in lines[0] and "1 failed" in lines[0]
+    narrow = run_cli(*cli_args, "trace", "run-42", env={"COLUMNS": "80"}).stdout.splitlines()
+    table = [line for line in narrow if line[:1] in "┏┃┡│└"]
+    assert max(len(line) for line in table) <= 80  # the kind and tokens columns left out
+    assert "kind" not in table[1] and "waterfall" in table[1]
+    assert narrow[-1] == "✗ function: lookup_invoice (+800 ms): KeyError: 1042"
 
 
 async def test_trace_refuses_what_it_cannot_show(
@@ -229,3 +240,67 @@ async def test_metrics_without_timeseries_says_history_is_off(plain_redis_url: s
     assert "Agents (since the deployment began)" in shown.stdout
     assert doc["history"] is False and doc["window_s"] is None
     assert doc["agents"] == [BILLING, TRIAGE]
+
+
+async def test_real_runs_in_runs_list_trace_and_metrics(
+    cli_args: list[str], client: redis.asyncio.Redis, keys: Keys, redis_url: str
+) -> None:
+    """Two runs of the 3-agent app (one fails in its last agent) through an in-process
+    worker: the lifecycle feed, the span tree and the fleet's figures the commands show."""
+    from tests.observability_apps import INPUT_TOKENS, OUTPUT_TOKENS, make_app
+
+    settings = make_settings(redis_url, keys.prefix, observability__flush_interval_seconds="0.05")
+    runs = AgentClient(client, keys=keys, settings=settings)
+    async with running_worker(settings, client, serving=make_app()):
+        good = await runs.run("triage", "refund order 42")
+        bad = await runs.run("triage", "boom")
+        assert (await good.result(timeout=20)).status == "completed"
+        assert (await bad.result(timeout=20)).status == "failed"
+
+        async def flushed() -> bool:
+            totals = {(t.metric, tuple(t.labels.items())): t.value for t in await
+                      MetricsStore(client, keys).totals()}  # fmt: skip
+            spans = await TraceStore(client, keys).get_spans(await _trace_of(client, keys, bad))
+            return totals.get(("model_calls", (("agent", "triage"),))) == 8 and any(
+                s.kind == "agent" and s.status == "error" for s in spans
+            )
+
+        await wait_until(flushed, what="the metrics and spans flushed")
+    listed = json.loads(run_cli(*cli_args, "runs", "list", "--json").stdout)
+    rows = {r["run_id"]: r for r in listed}  # the two ran at once: either may end first
+    assert [r["at"] for r in listed] == sorted((r["at"] for r in listed), reverse=True)
+    assert len(listed) == 2 and {r["agent"] for r in listed} == {"triage"}
+    assert rows[good.run_id]["status"] == "completed" and rows[bad.run_id]["status"] == "failed"
+    assert rows[good.run_id]["trace_id"] == await _trace_of(client, keys, good)
+    assert "refunds broke" in rows[bad.run_id]["error"]
+    shown = run_cli(*cli_args, "runs", "show", good.run_id)
+    assert f"agents-worker trace {good.run_id}" in shown.stdout
+
+    tree = json.loads(run_cli(*cli_args, "trace", good.run_id, "--json").stdout)
+    spans = tree["spans"]
+    assert (spans[0]["depth"], spans[0]["name"]) == (0, "submit triage")
+    ids = {s["span_id"]: s for s in spans}
+    for span in spans[1:]:  # every other span hangs under its parent, one level down
+        assert ids[span["parent_id"]]["depth"] == span["depth"] - 1
+    names = [s["name"] for s in spans]
+    for name in ("inbox", "attempt 1", "function: lookup_order"):
+        assert name in names
+    assert {s["kind"] for s in spans} >= {"agent", "generation", "function", "handoff"}
+    text = run_cli(*cli_args, "trace", bad.run_id)
+    assert text.returncode == 0, text.stderr
+    assert "refunds broke" in text.stdout and "attempt 1" in text.stdout
+
+    figures = json.loads(run_cli(*cli_args, "metrics", "--json").stdout)
+    [triage] = [row for row in figures["agents"] if row["agent"] == "triage"]
+    tokens_in = 2 * (INPUT_TOKENS["triage"] + 2 * INPUT_TOKENS["billing"]) + INPUT_TOKENS["refunds"]
+    assert triage == {
+        "agent": "triage", "runs_completed": 1.0, "runs_failed": 1.0, "model_calls": 8.0,
+        "tokens_in": float(tokens_in), "tokens_out": 7.0 * OUTPUT_TOKENS, "tool_calls": 2.0,
+        "avg_latency_ms": triage["avg_latency_ms"],
+    }  # fmt: skip
+    assert triage["avg_latency_ms"] is not None and triage["avg_latency_ms"] > 0
+    assert [box["target"] for box in figures["inboxes"]] == ["billing", "refunds", "triage"]
+
+
+async def _trace_of(client: redis.asyncio.Redis, keys: Keys, handle: RunHandle) -> str:
+    return (await client.hget(keys.run(handle.run_id), "trace_id") or b"").decode()

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
-from rich.table import Table
+from rich.markup import escape
+from rich.table import Column, Table
 from rich.text import Text
 
 from runtime.cli.app import Context, existing_redis, pass_context
@@ -29,8 +30,11 @@ if TYPE_CHECKING:
 __all__ = ["trace"]
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
-_BAR = 32
-"""Width of the waterfall column, in characters."""
+_BAR = 40
+"""Widest waterfall column, in characters (narrower on a narrow terminal, down to 12)."""
+_MIN_BAR = 12
+_OTHER_COLUMNS = 64  # kind, start, duration, tokens, borders and padding
+_NARROW_COLUMNS = 31  # start, duration, borders and padding
 _KIND_STYLE = {
     "submit": "cyan",
     "inbox": "bright_black",
@@ -81,7 +85,9 @@ async def _trace(ctx: Context, run_or_trace: str, as_json: bool) -> None:
         click.echo(json.dumps(doc, indent=2, default=str))
         return
     ctx.console.print(_header(summary, trace_id, spans))
-    ctx.console.print(_table(nodes, origin, _end_of(spans)))
+    ctx.console.print(_table(nodes, origin, _end_of(spans), ctx.console.width))
+    for line in _errors(nodes, origin):
+        ctx.console.print(line)
 
 
 async def _resolve(client: redis.asyncio.Redis, keys: Keys, given: str) -> str:
@@ -126,11 +132,11 @@ def _header(summary: TraceSummary | None, trace_id: str, spans: list[SpanRecord]
     errors = sum(1 for span in spans if span.status == "error")
     parts = [f"[bold]Trace {trace_id}[/]"]
     if summary is not None:
-        parts.append(summary.name)
+        parts.append(escape(summary.name))
         if summary.run_id:
-            parts.append(f"run {summary.run_id}")
+            parts.append(f"run {escape(summary.run_id)}")
         if summary.agent:
-            parts.append(f"agent {summary.agent}")
+            parts.append(f"agent {escape(summary.agent)}")
         parts.append(styled_status(summary.status))
     parts.append(f"{len(spans)} spans")
     parts.append(duration_ms((end - origin) * 1000))
@@ -139,25 +145,53 @@ def _header(summary: TraceSummary | None, trace_id: str, spans: list[SpanRecord]
     return " · ".join(parts)
 
 
-def _table(rows: list[tuple[SpanNode, str]], origin: float, end: float) -> Table:
-    table = Table(
-        "span", "kind", "start", "duration", "waterfall", "tokens", "error", highlight=False
-    )
+def _table(rows: list[tuple[SpanNode, str]], origin: float, end: float, width: int) -> Table:
+    """One row per span; a failed span's error on a line of its own under its name. On a
+    narrow terminal the kind and tokens columns are left out before the bar gets short."""
+    names = min(60, max((len(_name(node.span, lead)) for node, lead in rows), default=10))
+    wide = width - names - _OTHER_COLUMNS >= _MIN_BAR
+    bar = max(_MIN_BAR, min(_BAR, width - names - (_OTHER_COLUMNS if wide else _NARROW_COLUMNS)))
+    columns = [
+        Column("span", no_wrap=True, overflow="ellipsis", max_width=names),
+        Column("kind", no_wrap=True, min_width=10),
+        Column("start", justify="right", no_wrap=True, min_width=9),
+        Column("duration", justify="right", no_wrap=True, min_width=8),
+        Column("waterfall", no_wrap=True, min_width=bar),
+        Column("tokens", no_wrap=True),
+    ]
+    table = Table(*(columns if wide else [columns[0], *columns[2:5]]), highlight=False)
     total = max(end - origin, 1e-6)
     for node, lead in rows:
         span = node.span
-        name = Text(lead, style="bright_black") + Text(span.name, style=_span_style(span))
         took = None if span.end is None else (span.end - span.start) * 1000
-        table.add_row(
-            name,
+        cells: list[str | Text] = [
+            _name(span, lead),
             span.kind,
             "+" + duration_ms((span.start - origin) * 1000),
             "running" if took is None else duration_ms(took),
-            _bar(span, origin, total),
+            _bar(span, origin, total, bar),
             _tokens(span),
-            Text(short(span.error, 60), style="red") if span.error else "",
-        )
+        ]
+        table.add_row(*(cells if wide else [cells[0], *cells[2:5]]))
     return table
+
+
+def _name(span: SpanRecord, lead: str) -> Text:
+    name = Text(lead, style="bright_black") + Text(span.name, style=_span_style(span))
+    if span.error:
+        name.append(" ✗", style="bold red")
+    return name
+
+
+def _errors(rows: list[tuple[SpanNode, str]], origin: float) -> list[str]:
+    """The failed spans' errors in full (a table cell would cut them), in tree order."""
+    return [
+        f"[red]✗[/] [bold]{escape(node.span.name)}[/] "
+        f"(+{duration_ms((node.span.start - origin) * 1000)}): "
+        f"[red]{escape(short(node.span.error, 500))}[/]"
+        for node, _ in rows
+        if node.span.error
+    ]
 
 
 def _tokens(span: SpanRecord) -> str:
@@ -174,16 +208,17 @@ def _span_style(span: SpanRecord) -> str:
     return "yellow" if span.status == "running" else ""
 
 
-def _bar(span: SpanRecord, origin: float, total: float) -> Text:
-    """Where *span* ran within the trace: ``····████·······`` (``▒`` while it runs)."""
-    first = min(_BAR - 1, int((span.start - origin) / total * _BAR))
+def _bar(span: SpanRecord, origin: float, total: float, cells: int) -> Text:
+    """Where *span* ran within the trace, on *cells* characters: ``····████·······``
+    (``▒`` while it runs)."""
+    first = min(cells - 1, int((span.start - origin) / total * cells))
     stop = span.end if span.end is not None else origin + total
-    width = max(1, min(_BAR - first, round((stop - span.start) / total * _BAR)))
+    width = max(1, min(cells - first, round((stop - span.start) / total * cells)))
     style = "red" if span.status == "error" else _KIND_STYLE.get(span.kind, "white")
     mark = "▒" if span.end is None else "█"
     bar = Text("·" * first, style="bright_black")
     bar.append(mark * width, style=style)
-    bar.append("·" * (_BAR - first - width), style="bright_black")
+    bar.append("·" * (cells - first - width), style="bright_black")
     return bar
 
 
