@@ -47,13 +47,24 @@ _STATE_STYLE = {
     "--json", "as_json", is_flag=True, help="Print JSON (one line per refresh with --watch)."
 )
 @click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes of --watch.",
+)
 @click.option("--target", "targets", multiple=True, help="Only these targets (repeatable).")
 @pass_context
 def status(
     ctx: Context, as_json: bool, watch: bool, interval: float, targets: tuple[str, ...]
 ) -> None:
-    """Per inbox stream: length, lag, pending, oldest pending age, consumers, delayed, DLQ."""
+    """Per inbox stream: length, lag, pending, oldest pending age, consumers, delayed, DLQ.
+
+    Below it, the fleet: each supervisor's workers with their state, pid, uptime, runs and
+    memory. With --watch the view is redrawn every --interval seconds until Ctrl-C (printed
+    again each time when the output is not a terminal, one JSON line each with --json).
+    """
     anyio.run(_status, ctx, as_json, watch, interval, list(targets) or None)
 
 
