@@ -363,3 +363,34 @@ async def test_status_watch_scans_only_while_no_target_is_known(
                 if stream is not None:
                     stream.close()
     assert json.loads(out.splitlines()[-1])[0]["target"] == "orphan"
+
+
+async def test_status_watch_goes_on_through_a_redis_outage(
+    own_server: tuple[EmbeddedRedis, str], keys: Keys
+) -> None:
+    """A Redis that stops while watched is said once per refresh, and the view comes back
+    when it does; the watch does not end (it did: the first failed read ended it, exit 1)."""
+    server, url = own_server
+    async with redis.asyncio.Redis.from_url(url) as client:
+        await client.xadd(keys.inbox("triage"), {"v": "1"})
+        await touch_targets(client, keys, ["triage"])
+    proc = _watch(url, keys.prefix, "--interval", "0.2", "--json")
+    assert proc.stderr is not None
+    try:
+        await anyio.to_thread.run_sync(lambda: _read_until(proc, "triage", 1))
+        await anyio.to_thread.run_sync(server.stop)
+        said = await anyio.to_thread.run_sync(proc.stderr.readline)
+        assert "cannot reach Redis" in said and "trying again every 0.2 s" in said, said
+        await anyio.to_thread.run_sync(server.start)  # empty: no AOF, the stream is gone
+        async with redis.asyncio.Redis.from_url(url) as client:
+            await client.xadd(keys.inbox("triage"), {"v": "2"})
+            await client.xadd(keys.inbox("triage"), {"v": "3"})
+        back = await anyio.to_thread.run_sync(lambda: _read_until(proc, '"length": 2', 1))
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert json.loads(back.splitlines()[-1])[0]["length"] == 2

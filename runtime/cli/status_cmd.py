@@ -19,9 +19,11 @@ import click
 from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from runtime.cli.app import Context, existing_redis, pass_context
 from runtime.cli.observe_view import STATUS_STYLE, age
+from runtime.errors import RedisError
 from runtime.streams import StreamStatus, find_targets, stream_status
 
 if TYPE_CHECKING:
@@ -80,19 +82,66 @@ async def _status(
             else:
                 ctx.console.print(_render(streams, await _fleet(client, keys)))
             return
+        watching = _Watch(ctx, client, keys, targets, interval)
         if as_json or not ctx.console.is_terminal:
-            while True:  # a log or a pipe: one document per interval, never redrawn
-                streams, fleet = await _read(client, keys, targets)
-                if as_json:
-                    click.echo(json.dumps([_doc(s) for s in streams]))
-                else:
-                    ctx.console.print(_render(streams, fleet))
-                await anyio.sleep(interval)
-        view = _render(*await _read(client, keys, targets))
-        with Live(view, console=ctx.console, auto_refresh=False) as live:
+            await watching.print_each(as_json)
+        else:
+            await watching.redraw()
+
+
+class _Watch:
+    """``status --watch``: a refresh every *interval* seconds; a Redis that fails is said
+    (and tried again at the next refresh), it does not end the watch."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        client: redis.asyncio.Redis,
+        keys: Keys,
+        targets: list[str] | None,
+        interval: float,
+    ) -> None:
+        self.ctx, self.client, self.keys = ctx, client, keys
+        self.targets, self.interval = targets, interval
+        self.failure = ""
+        self.last: RenderableType | None = None
+
+    async def read(self) -> tuple[list[StreamStatus], list[FleetMember]] | None:
+        try:
+            return await _read(self.client, self.keys, self.targets)
+        except RedisError as exc:
+            self.failure = (
+                f"{time.strftime('%H:%M:%S')} {exc} (trying again every {self.interval:g} s)"
+            )
+            return None
+
+    async def print_each(self, as_json: bool) -> None:
+        """A log or a pipe: everything printed once per interval, never redrawn."""
+        while True:
+            read = await self.read()
+            if read is None:
+                self.ctx.errors.print(self.failure, style="red", markup=False)
+            elif as_json:
+                click.echo(json.dumps([_doc(s) for s in read[0]]))
+            else:
+                self.ctx.console.print(_render(*read))
+            await anyio.sleep(self.interval)
+
+    async def redraw(self) -> None:
+        """A terminal: the view redrawn in place."""
+        with Live(
+            self.view(await self.read()), console=self.ctx.console, auto_refresh=False
+        ) as live:
             while True:
-                await anyio.sleep(interval)
-                live.update(_render(*await _read(client, keys, targets)), refresh=True)
+                await anyio.sleep(self.interval)
+                live.update(self.view(await self.read()), refresh=True)
+
+    def view(self, read: tuple[list[StreamStatus], list[FleetMember]] | None) -> RenderableType:
+        if read is not None:
+            self.last = _render(*read)
+            return self.last
+        failure = Text(self.failure, style="red")
+        return failure if self.last is None else Group(failure, self.last)
 
 
 async def _all(client: redis.asyncio.Redis, keys: Keys) -> list[str]:
