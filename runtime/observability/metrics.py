@@ -36,7 +36,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -323,6 +323,31 @@ class MetricsRecorder:
             flusher.add_sample(count, ms, 1)
             flusher.add_sample(maximum, ms, value)
             flusher.add_sample(minimum, ms, value)
+
+    def observe_many(self, metric: str, values_ms: Sequence[float], **labels: str | None) -> None:
+        """Record many latencies of *metric* at once, as many :meth:`observe` calls would
+        (totals, buckets, sum/count/max/min), stamped now: for a recorder of many records
+        per second that aggregates them off its hot path (the worker core)."""
+        family = self._family(metric, "latency", labels)
+        if not all(math.isfinite(v) for v in values_ms):
+            raise ValueError(f"latencies of {metric!r} must be finite numbers")
+        if not self.enabled or not values_ms:
+            return
+        values = [max(0.0, float(v)) for v in values_ms]
+        buckets = [bisect.bisect_left(LATENCY_BUCKETS_MS, v) for v in values]
+        added, n = sum(values), len(values)
+        ms = int(self._clock() * 1000)
+        total, count, maximum, minimum = family.series
+        with self._lock:
+            flusher = self._flusher
+            flusher.add_total(family.fields[0], added)
+            flusher.add_total(family.fields[1], n)
+            for bucket in buckets:
+                flusher.add_bucket(family, bucket)
+            flusher.add_sample(total, ms, added)
+            flusher.add_sample(count, ms, n)
+            flusher.add_sample(maximum, ms, max(values))
+            flusher.add_sample(minimum, ms, min(values))
 
     def gauge(self, metric: str, value: float, **labels: str | None) -> None:
         """Set the gauge *metric* to *value* for *labels*."""
