@@ -14,11 +14,13 @@ Redis's clock (``TIME``), so a producer whose clock is off still delays by the t
 Redis's clock). An envelope over ``streams.max_entry_bytes`` is refused here
 (:class:`~runtime.errors.EnqueueError`), before anything is sent.
 
-Every envelope carries a W3C ``traceparent``: the caller's (``traceparent=``, else the active
-OpenTelemetry span's), else a new trace's. With ``observability.tracing``, :meth:`enqueue`
-records a ``submit <target>`` span (a child of the caller's span) in the enqueue's own round
-trip, and the envelope carries that span's context: the worker's spans are its children.
-:meth:`enqueue_many` records no submit span (its tasks' traces begin in the inbox).
+Tracing: an envelope of :meth:`enqueue` carries a W3C ``traceparent``: the caller's
+(``traceparent=``, else the active OpenTelemetry span's), else one of the task's own trace.
+With ``observability.tracing``, :meth:`enqueue` records a ``submit <target>`` span (a child of
+the caller's span) in the enqueue's own round trip, and the envelope carries that span's
+context: the worker records the task's spans as its children. :meth:`enqueue_many` (bulk
+work) records no span, and its envelopes carry the active OpenTelemetry span's context only:
+outside one, its tasks are not traced (they are counted in the metrics all the same).
 """
 
 from __future__ import annotations
@@ -192,12 +194,9 @@ class Producer:
 
     async def enqueue_many(self, target: str, payloads: Iterable[Any]) -> list[Enqueued]:
         """Enqueue one task per payload in one pipelined round trip."""
+        # bulk work is traced only inside a caller's span (tracing costs each task spans)
         parent = current_traceparent()
-        built = []
-        for payload in payloads:
-            task_id = new_task_id()
-            traceparent = new_traceparent(parent, task_id)
-            built.append(self.build(target, payload, task_id=task_id, traceparent=traceparent))
+        built = [self.build(target, payload, traceparent=parent) for payload in payloads]
         inbox = self._keys.inbox(target)
         with translate_errors(f"enqueue to {target!r}"):
             async with self._client.pipeline(transaction=False) as pipe:

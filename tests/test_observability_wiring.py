@@ -19,7 +19,7 @@ import redis.exceptions
 
 from runtime import Keys, Settings
 from runtime.agents.submission import submit_args, submit_keys, submit_script
-from runtime.observability.metrics import decode_field
+from runtime.observability.metrics import MetricsRecorder, decode_field
 from runtime.observability.spans import SpanRecord
 from runtime.observability.telemetry import trace_id_for
 from runtime.observability.trace_store import TraceStore
@@ -161,3 +161,79 @@ async def test_a_worker_process_writes_what_it_buffered_as_it_stops(
     assert got[("handler_latency_count", (("target", "echo"),))] == 1
     summary = await TraceStore(client, keys).get_trace(trace_id)
     assert summary is not None and summary.status == "ok"
+
+
+async def test_a_reclaimed_entry_is_counted_and_its_attempt_named_by_its_deliveries(
+    redis_url: str, client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    """An entry a consumer took and never settled (it died) is reclaimed after one lease:
+    ``reclaims`` counts it, and its attempt span is ``attempt 2`` (its second delivery)."""
+    settings = _settings(redis_url, keys)
+    sent = await Producer(client, keys=keys, settings=settings).enqueue("echo", {"n": 1})
+    inbox = keys.inbox("echo")
+    await client.xgroup_create(inbox, settings.streams.group, id="0", mkstream=True)
+    taken = await client.xreadgroup(settings.streams.group, "ghost", {inbox: ">"}, count=1)
+    assert taken  # delivered once, to a consumer that will never settle it
+    async with running_worker(settings, client):
+
+        async def counted() -> bool:
+            got = await totals(client, keys)
+            return got.get(("reclaims", (("target", "echo"),))) == 1
+
+        await wait_until(counted, what="the reclaim counted")
+        assert await client.lrange(keys.scratch("effects"), 0, -1) == [sent.task_id.encode()]
+
+        async def ended() -> bool:
+            spans = await spans_of(client, keys, trace_id_for(sent.task_id))
+            return any(s.kind == "attempt" and s.end is not None for s in spans)
+
+        await wait_until(ended, what="the attempt span")
+    spans = await spans_of(client, keys, trace_id_for(sent.task_id))
+    assert sorted(s.name for s in spans) == ["attempt 2", "submit echo"]  # no inbox: redelivered
+    got = await totals(client, keys)
+    assert ("queue_wait_count", (("target", "echo"),)) not in got  # only first deliveries
+
+
+async def test_bulk_tasks_are_counted_exactly_and_not_traced(
+    redis_url: str, client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    """enqueue_many outside an OpenTelemetry span: no traceparent, so its tasks leave no span
+    (a worker draining thousands a second pays no trace); every one is in the metrics."""
+    settings = _settings(redis_url, keys)
+    await Producer(client, keys=keys, settings=settings).enqueue_many("echo", range(50))
+    raw = [json.loads(f[b"envelope"]) for _, f in await client.xrange(keys.inbox("echo"))]
+    assert len(raw) == 50 and not any("traceparent" in envelope for envelope in raw)
+    async with running_worker(settings, client):
+
+        async def counted() -> bool:
+            got = await totals(client, keys)
+            return got.get(("handler_latency_count", (("target", "echo"),))) == 50
+
+        await wait_until(counted, what="the latencies flushed")
+    got = await totals(client, keys)
+    echo = (("target", "echo"),)
+    assert got[("queue_wait_count", echo)] == 50
+    assert got[("handler_latency_bucket", (("le", "+Inf"), ("target", "echo")))] == 50
+    written = [k async for k in client.scan_iter(match=f"{keys.prefix}:*trace*")]
+    assert written == []
+
+
+async def test_observe_many_records_what_as_many_observe_calls_do(
+    client: redis.asyncio.Redis, keys: Keys, settings: Settings
+) -> None:
+    values = [0.0, 3.5, 5.0, 7.25, 99.0, 250.0, 1234.5, 70_000.0, -2.0]
+    one_by_one = MetricsRecorder(keys, settings, process="h:a:0")
+    at_once = MetricsRecorder(keys, settings, process="h:b:0")
+    for value in values:
+        one_by_one.observe("handler_latency", value, target="a")
+    at_once.observe_many("handler_latency", values, target="b")
+    await one_by_one.flush(client)
+    await at_once.flush(client)
+    got = await totals(client, keys)
+    a = {(m, tuple(k for k in labels if k[0] != "target")): v for (m, labels), v in got.items()
+         if ("target", "a") in labels}  # fmt: skip
+    b = {(m, tuple(k for k in labels if k[0] != "target")): v for (m, labels), v in got.items()
+         if ("target", "b") in labels}  # fmt: skip
+    assert a == b and a[("handler_latency_count", ())] == len(values)
+    with pytest.raises(ValueError, match="finite"):
+        at_once.observe_many("handler_latency", [1.0, float("nan")], target="b")

@@ -329,12 +329,13 @@ class MetricsRecorder:
         (totals, buckets, sum/count/max/min), stamped now: for a recorder of many records
         per second that aggregates them off its hot path (the worker core)."""
         family = self._family(metric, "latency", labels)
-        if not all(math.isfinite(v) for v in values_ms):
+        if not math.isfinite(sum(values_ms)):  # NaN and ±inf stay so in a sum
             raise ValueError(f"latencies of {metric!r} must be finite numbers")
         if not self.enabled or not values_ms:
             return
-        values = [max(0.0, float(v)) for v in values_ms]
-        buckets = [bisect.bisect_left(LATENCY_BUCKETS_MS, v) for v in values]
+        values = [float(v) if v > 0 else 0.0 for v in values_ms]
+        bounds = LATENCY_BUCKETS_MS
+        buckets = [bisect.bisect_left(bounds, v) for v in values]
         added, n = sum(values), len(values)
         ms = int(self._clock() * 1000)
         total, count, maximum, minimum = family.series

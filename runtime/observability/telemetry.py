@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -87,6 +88,7 @@ class Telemetry:
         self.metering = metrics.enabled
         self.interval = interval
         self._failing = False
+        self._sources: list[Callable[[], None]] = []
         if otel is not None:
             traces.add_listener(otel.export)
         if self.metering:
@@ -105,9 +107,19 @@ class Telemetry:
         otel = otel_bridge(settings, resource) if obs.tracing else None
         return cls(traces, metrics, otel, interval=obs.flush_interval_seconds)
 
+    def add_source(self, drain: Callable[[], None]) -> None:
+        """Call *drain* at the start of every flush (on the event loop): a recorder of many
+        records per second (the worker core) notes them cheaply and hands them over then."""
+        self._sources.append(drain)
+
     async def flush(self, client: redis.asyncio.Redis) -> None:
         """Write what is buffered: traces (their listeners first), then metrics. A Redis
         error is logged once per outage; what could not be written is kept for the next."""
+        for drain in self._sources:
+            try:
+                drain()
+            except Exception:  # a bug there must not stop the flusher
+                log.exception("telemetry.source_failed", source=repr(drain))
         try:
             await self.traces.flush(client)
         except RedisError as exc:

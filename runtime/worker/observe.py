@@ -1,7 +1,9 @@
 """What the worker core records of each delivery: its spans and its metrics.
 
-Spans (with ``observability.tracing``), in the trace the envelope's ``traceparent`` names
-(an envelope without one gets a trace of its own, the same for every attempt of its task):
+Spans (with ``observability.tracing``), for a task whose envelope carries a ``traceparent``
+(the runtime's producers set one: ``AgentClient``, ``Producer.enqueue``) and for every agent
+run (a handler that ends its trace itself, ``Handler.ends_trace``; a run without a
+``traceparent`` has the trace named after its id), in that trace:
 
 - ``inbox``: from the entry's id (when Redis added it) to its delivery (first deliveries only);
 - ``attempt N``: one per delivery, N counting every try (failed attempts and deliveries); the
@@ -9,30 +11,31 @@ Spans (with ``observability.tracing``), in the trace the envelope's ``traceparen
 - ``retry in S s`` (a retry scheduled) and ``dead letter: <reason>``, both of zero length, as
   children of the attempt that led to them.
 
-A trace ends (its summary goes to the recent-traces stream) when its task succeeds, or is
-dead-lettered; a handler that ends its trace itself (an agent run: its status is the run's)
-says so (``Handler.ends_trace``).
+A task's trace ends (its summary goes to the recent-traces stream) when it succeeds or is
+dead-lettered; an agent run ends its own (its status is the run's).
 
 Metrics (with ``observability.metrics``), labelled by target: ``queue_wait`` (first
 deliveries), ``handler_latency``, ``retries``, ``reclaims``, ``dead_letters``.
 
-Everything here is buffered, never written on the spot: the worker's telemetry flusher
-writes it (:class:`~runtime.observability.telemetry.Telemetry`). With both kinds off, a
-delivery costs a branch.
+The hot path only notes times: an attempt keeps its own (a small object it has anyway) and is
+put on a list when it ends. The spans and samples are made from that list by the worker's
+telemetry flusher, in one pass per flush (:meth:`Observer.drain`); an attempt still running
+at a flush gets its ``running`` span then, so a long one shows while it lasts. With both kinds
+off a delivery costs a branch.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from runtime.envelope import Envelope
 from runtime.errors import Defer
-from runtime.observability.spans import SpanRecord, TraceSummary
+from runtime.log import get_logger
+from runtime.observability.spans import SpanRecord, SpanStatus, TraceRecorder, TraceSummary
 from runtime.observability.telemetry import Telemetry, trace_id_for
 from runtime.observability.tracecontext import TraceParent, parse_traceparent
 from runtime.worker.outcome import Entry
@@ -43,6 +46,8 @@ if TYPE_CHECKING:
     from runtime.settings.model import Settings
 
 __all__ = ["Observer", "trace_of", "worker_telemetry"]
+
+log = get_logger(__name__)
 
 
 def worker_telemetry(app: App, settings: Settings, keys: Keys, consumer: str) -> Telemetry | None:
@@ -71,6 +76,10 @@ def entry_time(entry_id: bytes) -> float:
     return int(millis) / 1000 if millis.isdigit() else 0.0
 
 
+def _span_id() -> str:
+    return f"{random.getrandbits(64) or 1:016x}"
+
+
 class Observer:
     """The spans and metrics of one worker's deliveries (see the module's docstring)."""
 
@@ -80,12 +89,16 @@ class Observer:
         self.metrics = telemetry.metrics if telemetry is not None and telemetry.metering else None
         self.active = self.traces is not None or self.metrics is not None
         self._offset = clock_offset
+        self._done: list[_Attempt] = []
+        self._open: dict[int, _Attempt] = {}
+        if telemetry is not None and self.active:
+            telemetry.add_source(self.drain)
 
     def attempt(
         self, entry: Entry, envelope: Envelope, tries: int, handler: Handler
     ) -> _Attempt | _Idle:
         """A context manager around one call of *handler*: it gives the attempt span's
-        context (``None`` with tracing off) and ends the span with the call's outcome."""
+        context (``None`` when the task is not traced) and notes the call's outcome."""
         if not self.active:
             return _IDLE
         return _Attempt(self, entry, envelope, tries, handler)
@@ -95,36 +108,34 @@ class Observer:
         target = envelope.target
         if self.metrics is not None:
             self.metrics.count("retries", 1, target=target)
-        if self.traces is not None:
-            trace, parent = self._parent(entry, envelope)
+        context = entry.trace
+        if self.traces is not None and context is not None:
             now = time.time()
-            attrs = {"target": target, "delay_s": round(delay, 6), "error": error}
+            attrs = {**self.traces.resource, "target": target, "delay_s": round(delay, 6)}
+            attrs["error"] = error
             name = f"retry in {delay:.3g} s"
-            self.traces.span(
-                trace, name, "retry", parent_id=parent, start=now, end=now, attrs=attrs
-            )
+            self.traces.record(_zero(context, name, "retry", now, attrs, None))
 
     def dead_lettered(
         self, entry: Entry, target: str, envelope: Envelope | None, reason: str, detail: str,
         error: str | None,
     ) -> None:  # fmt: skip
-        """*entry* (of *target*) was dead-lettered; the trace of its task (when its envelope
-        could be read) ends with the letter."""
+        """*entry* (of *target*) was dead-lettered; the trace of its task ends with it."""
         if self.metrics is not None:
             self.metrics.count("dead_letters", 1, target=target)
-        if self.traces is None or envelope is None:
-            return
-        trace, parent = self._parent(entry, envelope)
-        now = time.time()
-        why = error or detail
-        attrs = {"target": target, "reason": reason, "detail": detail}
-        name = f"dead letter: {reason}"
         traces = self.traces
-        traces.span(
-            trace, name, "dead_letter", parent_id=parent, start=now, end=now, attrs=attrs, error=why
-        )
+        if traces is None or envelope is None:
+            return
+        context = entry.trace
+        if context is None:  # dead-lettered before it ran: traced if it was to be
+            if not envelope.traceparent:
+                return
+            context = trace_of(envelope)
+        now, why = time.time(), error or detail
+        attrs = {**traces.resource, "target": target, "reason": reason, "detail": detail}
+        traces.record(_zero(context, f"dead letter: {reason}", "dead_letter", now, attrs, why))
         summary = TraceSummary(
-            trace_id=trace, name=target, start=envelope.created_at or now, end=now,
+            trace_id=context.trace_id, name=target, start=envelope.created_at or now, end=now,
             status="error", error=why,
         )  # fmt: skip
         traces.end_trace(summary)
@@ -134,14 +145,57 @@ class Observer:
         if self.metrics is not None and count:
             self.metrics.count("reclaims", count, target=target)
 
-    def _parent(self, entry: Entry, envelope: Envelope) -> tuple[str, str | None]:
-        """The trace and parent span of what happens to *entry* now: its attempt span, or,
-        before any, the span that published it."""
-        span: SpanRecord | None = entry.span
-        if span is not None:
-            return span.trace_id, span.span_id
-        context = trace_of(envelope)
-        return context.trace_id, context.span_id or None
+    # --- the flusher's side ---------------------------------------------------------------
+    def drain(self) -> None:
+        """Turn the attempts noted since the last call into spans and samples (called by
+        the telemetry flusher, on the event loop, before it writes)."""
+        done, self._done = self._done, []
+        traces, metrics = self.traces, self.metrics
+        if traces is not None:
+            for attempt in self._open.values():
+                if not attempt.shown:
+                    attempt.shown = True
+                    traces.record(attempt.span(None, traces.resource))
+            for attempt in done:
+                if attempt.context is not None:
+                    attempt.record(traces, self._offset())
+        if metrics is not None and done:
+            self._latencies(metrics, done)
+
+    def _latencies(self, metrics: Any, done: list[_Attempt]) -> None:
+        """``handler_latency`` and ``queue_wait`` (first deliveries) by target, in ms."""
+        offset_ms = self._offset() * 1000
+        by_target: dict[str, tuple[list[float], list[float]]] = {}
+        for attempt in done:
+            if attempt.deferred:  # not an attempt: it waited for its turn
+                continue
+            target = attempt.envelope.target
+            lists = by_target.get(target)
+            if lists is None:
+                lists = by_target[target] = ([], [])
+            began_ms = attempt.began * 1000
+            lists[0].append(attempt.ended * 1000 - began_ms)
+            entry = attempt.entry
+            if entry.deliveries == 1:
+                millis = entry.entry_id.partition(b"-")[0]  # added, by Redis's clock
+                if millis.isdigit():
+                    lists[1].append(max(0.0, began_ms + offset_ms - int(millis)))
+        for target, (ran, waits) in by_target.items():
+            metrics.observe_many("handler_latency", ran, target=target)
+            if waits:
+                metrics.observe_many("queue_wait", waits, target=target)
+
+
+def _zero(
+    context: TraceParent, name: str, kind: str, at: float, attrs: dict[str, Any],
+    error: str | None,
+) -> SpanRecord:  # fmt: skip
+    """A span of zero length at *at*, a child of *context*'s span."""
+    return SpanRecord(
+        trace_id=context.trace_id, span_id=_span_id(), parent_id=context.span_id or None,
+        name=name, kind=kind, start=at, end=at, status="error" if error else "ok",
+        error=error, attrs=attrs,
+    )  # fmt: skip
 
 
 class _Idle:
@@ -160,9 +214,13 @@ _IDLE = _Idle()
 
 
 class _Attempt:
-    """One call of a handler, observed (see :meth:`Observer.attempt`)."""
+    """One call of a handler, observed (see :meth:`Observer.attempt`): its times on the hot
+    path, its spans made later by :meth:`record`."""
 
-    __slots__ = ("began", "entry", "envelope", "handler", "observer", "span", "tries")
+    __slots__ = (
+        "began", "context", "deferred", "ended", "entry", "envelope", "error", "handler",
+        "observer", "parent", "shown", "tries",
+    )  # fmt: skip
 
     def __init__(
         self, observer: Observer, entry: Entry, envelope: Envelope, tries: int, handler: Handler
@@ -172,37 +230,21 @@ class _Attempt:
         self.envelope = envelope
         self.tries = tries
         self.handler = handler
-        self.span: SpanRecord | None = None
-        self.began = 0.0
+        self.began = self.ended = 0.0
+        self.context: TraceParent | None = None
+        self.parent: TraceParent | None = None
+        self.error: str | None = None
+        self.deferred = self.shown = False
 
     def __enter__(self) -> TraceParent | None:
-        observer, entry, envelope = self.observer, self.entry, self.envelope
-        now = self.began = time.time()
-        first = entry.deliveries == 1
-        enqueued = entry_time(entry.entry_id) - observer._offset()  # by this host's clock
-        if first and observer.metrics is not None and enqueued:
-            wait_ms = max(0.0, (now - enqueued) * 1000)
-            observer.metrics.observe("queue_wait", wait_ms, target=envelope.target)
-        traces = observer.traces
-        if traces is None:
+        observer, envelope = self.observer, self.envelope
+        self.began = time.time()
+        if observer.traces is None or not (envelope.traceparent or self.handler.ends_trace):
             return None
-        parent = trace_of(envelope)
-        trace, parent_id = parent.trace_id, parent.span_id or None
-        attrs: dict[str, Any] = {"target": envelope.target, "task_id": envelope.id}
-        if first and enqueued:
-            inbox = {**attrs, "entry_id": entry.entry_id.decode()}
-            start = min(enqueued, now)
-            traces.span(
-                trace, "inbox", "inbox", parent_id=parent_id, start=start, end=now, attrs=inbox
-            )
-        if first and envelope.attempt == 0:
-            start = envelope.created_at or now
-            traces.start_trace(TraceSummary(trace_id=trace, name=envelope.target, start=start))
-        attrs |= {"attempt": self.tries, "deliveries": entry.deliveries}
-        name = f"attempt {self.tries}"
-        span = traces.span(trace, name, "attempt", parent_id=parent_id, start=now, attrs=attrs)
-        self.span = entry.span = span
-        return TraceParent(trace, span.span_id)
+        parent = self.parent = trace_of(envelope)
+        context = self.context = self.entry.trace = TraceParent(parent.trace_id, _span_id())
+        observer._open[id(self)] = self
+        return context
 
     def __exit__(
         self,
@@ -210,23 +252,53 @@ class _Attempt:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        observer, envelope = self.observer, self.envelope
-        now = time.time()
-        if observer.metrics is not None:
-            latency = (now - self.began) * 1000
-            observer.metrics.observe("handler_latency", latency, target=envelope.target)
-        traces, span = observer.traces, self.span
-        if traces is None or span is None:
-            return
-        if isinstance(exc, Defer):  # not an attempt: put back until its turn comes
-            name = f"{span.name} (deferred)"
-            traces.record(msgspec.structs.replace(span, name=name, end=now, status="ok"))
-            return
-        error = None if exc is None else f"{type(exc).__name__}: {exc}"
-        traces.end_span(span, end=now, error=error)
-        if exc is None and not self.handler.ends_trace:
+        self.ended = time.time()
+        observer = self.observer
+        if exc is not None:
+            if isinstance(exc, Defer):  # not an attempt: put back until its turn comes
+                self.deferred = True
+            else:
+                self.error = f"{type(exc).__name__}: {exc}"
+        if self.context is not None:
+            observer._open.pop(id(self), None)
+        observer._done.append(self)
+
+    # --- at the flush -----------------------------------------------------------------
+    def span(self, end: float | None, resource: dict[str, str]) -> SpanRecord:
+        """The attempt's span: running (*end* ``None``) or ended."""
+        context, parent, envelope = self.context, self.parent, self.envelope
+        assert context is not None and parent is not None
+        name = f"attempt {self.tries}" + (" (deferred)" if self.deferred else "")
+        status: SpanStatus = "running" if end is None else "error" if self.error else "ok"
+        attrs = {**resource, "target": envelope.target, "task_id": envelope.id,
+                 "attempt": self.tries, "deliveries": self.entry.deliveries}  # fmt: skip
+        return SpanRecord(
+            trace_id=context.trace_id, span_id=context.span_id, parent_id=parent.span_id or None,
+            name=name, kind="attempt", start=self.began, end=end, status=status,
+            error=self.error, attrs=attrs,
+        )  # fmt: skip
+
+    def record(self, traces: TraceRecorder, offset: float) -> None:
+        """Record the ended attempt's spans (and its inbox's, and the end of its trace)."""
+        context, parent, envelope = self.context, self.parent, self.envelope
+        assert context is not None and parent is not None
+        entry = self.entry
+        if entry.deliveries == 1:
+            enqueued = entry_time(entry.entry_id) - offset  # by this host's clock
+            if enqueued:
+                attrs = {**traces.resource, "target": envelope.target,
+                         "entry_id": entry.entry_id.decode()}  # fmt: skip
+                start = min(enqueued, self.began)
+                inbox = SpanRecord(
+                    trace_id=context.trace_id, span_id=_span_id(), parent_id=parent.span_id or None,
+                    name="inbox", kind="inbox", start=start, end=self.began, status="ok",
+                    attrs=attrs,
+                )  # fmt: skip
+                traces.record(inbox)
+        traces.record(self.span(self.ended, traces.resource))
+        if self.error is None and not self.deferred and not self.handler.ends_trace:
             summary = TraceSummary(
-                trace_id=span.trace_id, name=envelope.target,
-                start=envelope.created_at or self.began, end=now, status="ok",
+                trace_id=context.trace_id, name=envelope.target,
+                start=envelope.created_at or self.began, end=self.ended, status="ok",
             )  # fmt: skip
             traces.end_trace(summary)

@@ -32,7 +32,7 @@ from runtime.settings.model import Settings
 from runtime.worker.faults import Faults, backoff, classify
 
 if TYPE_CHECKING:
-    from runtime.observability.spans import SpanRecord
+    from runtime.observability.tracecontext import TraceParent
     from runtime.worker.observe import Observer
 
 __all__ = ["MAX_COPIED_FIELDS", "PREVIEW_BYTES", "Entry", "Outcomes", "WorkerStats"]
@@ -84,9 +84,9 @@ class Entry:
     settling: bool = False
     """Its outcome is being written (whether its lease was lost, that write tells) or was
     written (its dead-letter hook may still run): a renewal that misses it is no lost lease."""
-    span: SpanRecord | None = None
-    """The span of its current attempt (with tracing on): the parent of a retry's or a dead
-    letter's span."""
+    trace: TraceParent | None = None
+    """The context of its current attempt's span (a traced task): the parent of a retry's
+    or a dead letter's span."""
 
 
 # KEYS: inbox. ARGV: group, entry id. A script with flags (the shebang line, none given): Redis
