@@ -23,6 +23,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from agents.run_config import RunConfig
@@ -43,6 +44,7 @@ from runtime.observability.telemetry import (
 )
 from runtime.observability.tracecontext import current_traceparent, sdk_trace_id
 from runtime.observability.tracing import RedisTracingProcessor, install
+from runtime.redis.connection import Batch
 from runtime.settings.model import Settings
 
 __all__ = ["RunTelemetry", "SubmitTelemetry", "tracing_disabled"]
@@ -62,6 +64,7 @@ class SubmitTelemetry:
         self._metering = obs.metrics
         self._maxlen = obs.events_maxlen
         self._ttl_ms = max(1, int(settings.runs.result_ttl_seconds * 1000))
+        self._counts: dict[str, Queue] = {}  # agent → what queues its runs_submitted count
 
     def prepare(self, request: RunRequest, start: float) -> tuple[str, str | None, Queue]:
         """The envelope's ``traceparent``, the run's trace id (``None`` with tracing off)
@@ -90,10 +93,27 @@ class SubmitTelemetry:
             if span is not None:
                 queue_span(pipe, self._keys, span, self._ttl_ms)
             if self._metering:
-                queue_count(pipe, self._keys, "runs_submitted", 1, agent=request.agent)
+                self._count(request.agent)(pipe)
             append_lifecycle(pipe, self._keys, self._maxlen, event)
 
         return traceparent, trace_id, after
+
+    def _count(self, agent: str) -> Queue:
+        """What queues one ``runs_submitted`` of *agent* (made once per agent)."""
+        queue = self._counts.get(agent)
+        if queue is None:
+            batch = Batch()
+            queue_count(batch, self._keys, "runs_submitted", 1, agent=agent)
+            (command,) = batch.commands
+            if len(self._counts) < 10_000:
+                self._counts[agent] = queue = partial(_send, command)
+            else:
+                queue = partial(_send, command)
+        return queue
+
+
+def _send(command: tuple[Any, ...], pipe: Any) -> None:
+    pipe.execute_command(*command)
 
 
 def tracing_disabled(telemetry: Telemetry | None) -> bool:

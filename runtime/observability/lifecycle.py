@@ -78,24 +78,21 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
 def append_lifecycle(pipe: Any, keys: Keys, maxlen: int, event: LifecycleEvent) -> None:
     """Queue the XADD of *event* on *pipe* (a redis-py pipeline or a
     :class:`~runtime.redis.connection.Batch`); the stream is trimmed to about *maxlen*."""
-    fields: dict[str, Any] = {
-        "run": event.run,
-        "agent": event.agent,
-        "status": event.status,
-        "at": repr(event.at or time.time()),
-    }
+    at = event.at or time.time()
+    command: list[Any] = ["XADD", keys.events(), "MAXLEN", "~", maxlen, "*"]
+    command += ["run", event.run, "agent", event.agent, "status", event.status, "at", repr(at)]
     if event.session:
-        fields["session"] = event.session
+        command += ["session", event.session]
     if event.trace:
-        fields["trace"] = event.trace
+        command += ["trace", event.trace]
     if event.worker:
-        fields["worker"] = event.worker
+        command += ["worker", event.worker]
     if event.duration_ms is not None:
-        fields["duration_ms"] = f"{event.duration_ms:.3f}"
+        command += ["duration_ms", f"{event.duration_ms:.3f}"]
     if event.error:
         error = event.error
-        fields["error"] = error if len(error) <= MAX_ERROR else error[: MAX_ERROR - 1] + "…"
-    pipe.xadd(keys.events(), fields, maxlen=maxlen, approximate=True)
+        command += ["error", error if len(error) <= MAX_ERROR else error[: MAX_ERROR - 1] + "…"]
+    pipe.execute_command(*command)
 
 
 class _Row:
