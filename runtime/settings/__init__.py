@@ -17,6 +17,7 @@ from runtime.settings.model import (
     Settings,
     StreamSettings,
     SupervisorSettings,
+    WebSettings,
     WorkerSettings,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "Settings",
     "StreamSettings",
     "SupervisorSettings",
+    "WebSettings",
     "WorkerSettings",
     "env_name",
     "iter_fields",

@@ -343,15 +343,19 @@ class SupervisorSettings(Section, frozen=True, kw_only=True):
     ] = 2
     http_host: Annotated[
         str,
-        Meta(description="Address of the `/healthz`, `/readyz` and `/metrics` endpoints."),
+        Meta(
+            description="Address of the `/healthz`, `/readyz` and `/metrics` endpoints and, "
+            "with `web.dashboard`, the dashboard. Keep it on loopback unless a proxy in front "
+            "of it checks who comes in: the pages show runs' inputs and results."
+        ),
     ] = "127.0.0.1"
     http_port: Annotated[
         int,
         Meta(
             ge=0,
             le=65535,
-            description="Port of the `/healthz`, `/readyz` and `/metrics` endpoints; 0 turns "
-            "them off.",
+            description="Port of the `/healthz`, `/readyz` and `/metrics` endpoints and, with "
+            "`web.dashboard`, the dashboard; 0 turns them off.",
         ),
     ] = 8080
     min_workers: Annotated[
