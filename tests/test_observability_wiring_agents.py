@@ -23,6 +23,7 @@ from runtime import Keys, Settings
 from runtime.agents import AgentClient
 from runtime.observability.otel import otel_span_id
 from runtime.observability.spans import SpanRecord
+from runtime.observability.telemetry import trace_id_for
 from runtime.observability.trace_store import TraceStore, iter_tree, span_tree
 from tests.conftest import make_settings
 from tests.helpers import running_worker, wait_until, worker_process
@@ -250,3 +251,21 @@ async def test_run_metrics_equal_what_the_scripted_runs_did(
     for agent in ("triage", "billing", "refunds"):
         assert got[("turn_latency_count", (("agent", agent),))] == good + bad
     assert got[("handler_latency_count", (("target", "triage"),))] == good + bad
+
+
+async def test_a_second_worker_on_the_same_client_records_its_own_runs(
+    redis_url: str, client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    """One app served by one worker, then another on the same client (a restart in the same
+    process): each run's SDK spans go through the recorder of the worker running it, which
+    flushes them (the first worker's, stopped, would never write them again)."""
+    settings = _settings(redis_url, keys)
+    app = make_app()
+    runs = AgentClient(client, keys=keys, settings=settings)
+    for n in range(2):
+        async with running_worker(settings, client, f"test:{n}", serving=app):
+            result = await runs.run_and_wait("triage", f"order {n}", timeout=20)
+            assert result.status == "completed"
+        spans = await flushed_spans(client, keys, trace_id_for(result.run_id))
+        assert outline(spans) == OUTLINE
+        assert {s.attrs["worker"] for s in spans if s.kind != "submit"} == {f"test:{n}"}

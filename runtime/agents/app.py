@@ -66,7 +66,7 @@ class AgentApp(App):
         super().__init__(name=name)
         self.agents: dict[str, Agent[Any]] = {}
         self.model = model
-        self._resources: dict[int, Resources] = {}
+        self._resources: dict[tuple[int, int], Resources] = {}
         for agent in agents:
             self._add_agent(agent, timeout)
         self._check_handoffs()
@@ -114,8 +114,9 @@ class AgentApp(App):
                     )
 
     def _resources_for(self, ctx: TaskContext) -> Resources:
-        """Per worker process (per Redis client): run store, turns, model, publisher."""
-        key = id(ctx.redis)
+        """Per worker (its Redis client, its telemetry): run store, turns, model, publisher,
+        what its runs record."""
+        key = id(ctx.redis), id(ctx.telemetry)  # a worker's own: its recorders flush its runs'
         res = self._resources.get(key)
         if res is None:
             settings = ctx.settings
