@@ -77,3 +77,12 @@ def test_example_config_file_shows_every_setting() -> None:
 
 def test_version_is_exported() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", runtime.__version__)
+
+
+def test_the_metrics_page_lists_every_metric_of_the_catalogue() -> None:
+    """docs/metrics.md names each metric the runtime records (and none it does not)."""
+    from runtime.observability.metrics import METRICS
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z_]+)` \| (?:counter|latency|gauge)", page, re.M))
+    assert listed == set(METRICS)
