@@ -185,3 +185,19 @@ async def test_a_dead_lettered_run_replayed_shows_failed_requeued_then_its_outco
     statuses = [f[b"status"] for _, f in await client.xrange(keys.events())]
     assert statuses == [b"queued", b"failed", b"requeued", b"completed"]
     assert (await handle.result(timeout=5)).status == "completed"
+
+
+async def test_a_submit_whose_telemetry_is_refused_still_goes_through(
+    redis_url: str, client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    """The submit's span, lifecycle event and count ride on its round trip but are not the
+    submit: a refused one (here the totals key holds a string) is logged, the run submitted
+    (raising would have the app submit it again, a second run)."""
+    settings = _settings(redis_url, keys)
+    await client.set(keys.metrics_totals(), "not a hash")
+    runs = AgentClient(client, keys=keys, settings=settings)
+    handle = await runs.run("triage", "order 9")
+    assert await client.xlen(keys.inbox("triage")) == 1
+    assert [r.status for r in await recent_runs(client, keys)] == ["queued"]
+    record = await handle.status()
+    assert record is not None and record.status == "queued"

@@ -23,13 +23,16 @@ from typing import Any
 
 import msgspec
 import redis.asyncio
+import redis.exceptions
 
 from runtime.agents.protocol import REQUEUED, TERMINAL_STATUS, RunEvent, RunRequest, RunResult
 from runtime.agents.records import decode_events, decode_result, fingerprint
 from runtime.agents.resend import send_resending_safe
+from runtime.agents.run_scripts import CANCEL, EMIT, ENQUEUE_RUN, FINISH, REQUEUE, SUBMIT_RECORD
 from runtime.dlq import REPLAY_HEADER
 from runtime.envelope import Envelope
 from runtime.keys import Keys
+from runtime.log import get_logger
 from runtime.observability.lifecycle import LifecycleEvent, append_lifecycle
 from runtime.observability.tracecontext import parse_traceparent
 from runtime.redis.connection import (
@@ -43,6 +46,10 @@ from runtime.settings.model import RunSettings
 
 __all__ = ["Also", "RunStore", "requeue_for_replay"]
 
+log = get_logger(__name__)
+
+_SUBMIT_RECORD, _ENQUEUE_RUN = SUBMIT_RECORD, ENQUEUE_RUN  # the submit's steps (submit_run.lua)
+
 Also = Callable[[Any], None] | None
 """Queues commands on a pipeline (other keys, same round trip), e.g. a coordination event."""
 
@@ -50,112 +57,6 @@ _encode = msgspec.json.Encoder().encode
 _TERMINAL = frozenset(status.encode() for status in TERMINAL_STATUS)
 _COUNT = 500  # events per read
 _PEEKED = ["status", "cancel_requested"]
-
-# KEYS: record. ARGV: ttl, fingerprint, field, value, … → 1: go on (the record was created
-# now, or by an earlier try of this submit that did not complete), 2: this very submit went
-# through before (same fingerprint), 0: another run has this id.
-_SUBMIT_RECORD = """
-local read = redis.call('HMGET', KEYS[1], 'enqueued', 'fingerprint', 'status')
-if read[3] and read[2] ~= ARGV[2] then return 0 end
-if read[1] then return 2 end
-if not read[3] then
-  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], unpack(ARGV, 3))
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
-end
-return 1
-"""
-
-# KEYS: guard (in the inbox's slot), inbox. ARGV: envelope, ttl → the entry id: the one added
-# now, or the one an earlier try of the submit added.
-_ENQUEUE_RUN = """
-local id = redis.call('GET', KEYS[1])
-if id then return id end
-id = redis.call('XADD', KEYS[2], '*', 'envelope', ARGV[1])
-redis.call('SET', KEYS[1], id, 'EX', ARGV[2])
-return id
-"""
-
-# KEYS: record, events. ARGV: ttl, maxlen, mark (the attempt's token:the write's number), the
-# attempt's token, number of field/value pairs n that mark the run running (0: not this
-# time), the n pairs, then the events. → 'again' (this write was made already: nothing done),
-# 'done' (over already), 'cancel' (a cancel was asked for) or 'ok' (marked running when asked;
-# the attempt is counted once, whatever the number of writes that ask).
-_EMIT = """
-if redis.call('HGET', KEYS[1], 'written') == ARGV[3] then return 'again' end
-local n = tonumber(ARGV[5])
-local state = 'ok'
-if n > 0 then
-  local read = redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'attempt')
-  if read[1] == 'completed' or read[1] == 'failed' or read[1] == 'cancelled' then
-    state = 'done'
-  elseif read[2] then
-    state = 'cancel'
-  elseif read[3] ~= ARGV[4] then
-    redis.call('HSET', KEYS[1], 'attempt', ARGV[4], unpack(ARGV, 6, 5 + 2 * n))
-    redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-  end
-end
-for i = 6 + 2 * n, #ARGV do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[i])
-end
-redis.call('HSET', KEYS[1], 'written', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return state
-"""
-
-# KEYS: record, events. ARGV: ttl, maxlen, count the attempt (1/0), this attempt's token,
-# number of field/value pairs n, the n pairs, then the events to append (the terminal one
-# last). An attempt is counted once (not when its token marked the run running already).
-# → 1 (stored now, or by this attempt before: a write sent again), or 0 when the run had
-# ended already (another attempt's result stands).
-_FINISH = """
-local read = redis.call('HMGET', KEYS[1], 'status', 'attempt')
-local status = read[1]
-if status == 'completed' or status == 'failed' or status == 'cancelled' then
-  if read[2] == ARGV[4] then return 1 end
-  return 0
-end
-if ARGV[3] == '1' and read[2] ~= ARGV[4] then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-local n = tonumber(ARGV[5])
-redis.call('HSET', KEYS[1], 'attempt', ARGV[4], unpack(ARGV, 6, 5 + 2 * n))
-for i = 6 + 2 * n, #ARGV do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[i])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return 1
-"""
-
-# KEYS: record, events. ARGV: ttl, maxlen, replay marker, the run.requeued event, then field,
-# value, … (what the record says of the run). Puts a replayed run back to 'queued', once per
-# marker; a run that completed or was cancelled stays as it is (its letter came from an
-# entry delivered too often after its outcome was written; a cancel is not undone).
-# → {1, 'queued'} when done now, {0, status} when not (seen before, or kept).
-_REQUEUE = """
-local read = redis.call('HMGET', KEYS[1], 'status', 'replay')
-if read[2] == ARGV[3] or read[1] == 'completed' or read[1] == 'cancelled' then
-  return {0, read[1] or ''}
-end
-redis.call('HDEL', KEYS[1], 'final_output', 'last_agent', 'usage', 'error', 'error_type',
-           'worker', 'started_at', 'finished_at', 'cancel_requested', 'attempt')
-redis.call('HSET', KEYS[1], 'status', 'queued', 'replay', ARGV[3], 'enqueued', '1',
-           unpack(ARGV, 5))
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return {1, 'queued'}
-"""
-
-# KEYS: record. → 1 when a cancel was recorded, 0 when the run is unknown or already over.
-_CANCEL = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'completed' or status == 'failed' or status == 'cancelled' then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'cancel_requested', '1')
-return 1
-"""
 
 
 class RunStore:
@@ -184,12 +85,12 @@ class RunStore:
         # result_ttl after the submit): a retry while the record is there writes nothing
         self._guard_ttl = self._ttl
         self._maxlen = settings.events_maxlen
-        self._submit_record = client.register_script(_SUBMIT_RECORD)
-        self._enqueue_run = client.register_script(_ENQUEUE_RUN)
-        self._emit = client.register_script(_EMIT)
-        self._finish = client.register_script(_FINISH)
-        self._requeue = client.register_script(_REQUEUE)
-        self._cancel = client.register_script(_CANCEL)
+        self._submit_record = client.register_script(SUBMIT_RECORD)
+        self._enqueue_run = client.register_script(ENQUEUE_RUN)
+        self._emit = client.register_script(EMIT)
+        self._finish = client.register_script(FINISH)
+        self._requeue = client.register_script(REQUEUE)
+        self._cancel = client.register_script(CANCEL)
 
     # --- records ------------------------------------------------------------------------
     async def submit(
@@ -230,38 +131,51 @@ class RunStore:
         items += ["session_id", request.session_id or "", "submitted_at", request.submitted_at]
         if trace_id is not None:
             items += ["trace_id", trace_id]
-        claimed = 1 if fresh_id else await self._claim_id(record, request, items)
-        if not claimed:
+        claimed = 3 if fresh_id else await self._claim_id(record, request, items)
+        if not claimed:  # 3: a fresh id, 2: went through before, 1: go on (_claim_id)
             return None
-        guard = self._keys.run_submitted(request.agent, request.run_id)
         batch = Batch()
-        if claimed == 2:
-            # this very submit went through before (a retry whose first try's reply was
-            # lost): nothing is written again, not even where its guard or number expired
-            batch.execute_command("GET", guard)
-        elif fresh_id:  # a new random id cannot exist: no check, no script
-            if also is not None:
-                also(batch)
-            batch.hset(record, items=items)
-            batch.expire(record, self._ttl)
-            batch.xadd(inbox, {"envelope": envelope})
-        else:
-            if also is not None:
-                also(batch)
-            queue_script(batch, self._enqueue_run, [guard, inbox], [envelope, self._guard_ttl])
-        entry_at = len(batch.commands) - 1  # the reply that holds the entry id
-        if claimed != 2:
-            batch.hset(record, "enqueued", 1)
-            if after is not None:
-                after(batch)
+        entry_at = self._queue_submit(batch, request, inbox, envelope, items, claimed, also)
+        side = len(batch.commands)  # what comes after is not the submit's: its failure is not
+        if claimed != 2 and after is not None:
+            after(batch)
+        ends = len(batch.commands)
         if wait_ms is not None:
             self._read(batch, request.run_id, "0-0", block_ms=wait_ms, count=_COUNT)
         with translate_errors("submit a run"):
             replies = await run_batch(self._client, batch)
-            first_error(replies)
+            first_error(replies[:side] + replies[ends:])
+        for reply in replies[side:ends]:
+            if isinstance(reply, Exception):  # the run is submitted: only its telemetry failed
+                log.warning("run.submit_side_write_failed", run=request.run_id, error=str(reply))
         events = decode_events(replies[-1]) if wait_ms is not None else []
         entry_id = replies[entry_at]
         return (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id or "")), events
+
+    def _queue_submit(
+        self, batch: Batch, request: RunRequest, inbox: str, envelope: bytes, items: list[Any],
+        claimed: int, also: Also,
+    ) -> int:  # fmt: skip
+        """Queue a submit's own writes (see :meth:`submit`); the index of the reply that
+        holds the entry id."""
+        record = self._keys.run(request.run_id)
+        guard = self._keys.run_submitted(request.agent, request.run_id)
+        if claimed == 2:
+            # this very submit went through before (a retry whose first try's reply was
+            # lost): nothing is written again, not even where its guard or number expired
+            batch.execute_command("GET", guard)
+            return 0
+        if also is not None:
+            also(batch)
+        if claimed == 3:  # a new random id cannot exist: no check, no script
+            batch.hset(record, items=items)
+            batch.expire(record, self._ttl)
+            batch.xadd(inbox, {"envelope": envelope})
+        else:
+            queue_script(batch, self._enqueue_run, [guard, inbox], [envelope, self._guard_ttl])
+        entry_at = len(batch.commands) - 1
+        batch.hset(record, "enqueued", 1)
+        return entry_at
 
     async def _claim_id(self, record: str, request: RunRequest, items: list[Any]) -> int:
         """Create the record of a run submitted with an id of the app's own, in a round trip
@@ -310,14 +224,17 @@ class RunStore:
         keys = [self._keys.run(request.run_id), self._keys.run_events(request.run_id)]
         with translate_errors("requeue a replayed run"):
             done, status = await self._requeue(keys=keys, args=args)
-            if done:
-                feed = LifecycleEvent(
-                    run=request.run_id, agent=request.agent, status="requeued",
-                    session=request.session_id, trace=trace_id,
-                )  # fmt: skip
+        if done:
+            feed = LifecycleEvent(
+                run=request.run_id, agent=request.agent, status="requeued",
+                session=request.session_id, trace=trace_id,
+            )  # fmt: skip
+            try:  # best effort: the run is back in the queue whatever the feed says
                 async with self._client.pipeline(transaction=False) as pipe:
                     append_lifecycle(pipe, self._keys, self._events_maxlen, feed)
                     await pipe.execute()
+            except redis.exceptions.RedisError as exc:
+                log.warning("run.feed_write_failed", run=request.run_id, error=str(exc))
         return status.decode() if isinstance(status, bytes) else str(status)
 
     async def get(self, run_id: str) -> RunResult | None:

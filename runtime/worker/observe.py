@@ -288,7 +288,7 @@ class _Attempt:
             if enqueued:
                 attrs = {**traces.resource, "target": envelope.target,
                          "entry_id": entry.entry_id.decode()}  # fmt: skip
-                start = min(enqueued, self.began)
+                start = min(enqueued, self.began - 1e-6)  # before its attempt, clocks apart
                 inbox = SpanRecord(
                     trace_id=context.trace_id, span_id=_span_id(), parent_id=parent.span_id or None,
                     name="inbox", kind="inbox", start=start, end=self.began, status="ok",
