@@ -27,6 +27,7 @@ from runtime.observability.tracecontext import parse_traceparent
 from runtime.producer import Producer
 from tests.conftest import make_settings
 from tests.helpers import running_worker, wait_until, worker_process
+from tests.observability_apps import make_app as make_agents
 
 
 def _settings(redis_url: str, keys: Keys, **overrides: object) -> Settings:
@@ -237,3 +238,29 @@ async def test_observe_many_records_what_as_many_observe_calls_do(
     assert a == b and a[("handler_latency_count", ())] == len(values)
     with pytest.raises(ValueError, match="finite"):
         at_once.observe_many("handler_latency", [1.0, float("nan")], target="b")
+
+
+async def test_a_run_dead_lettered_before_it_ran_ends_its_own_trace(
+    redis_url: str, client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    """A run submitted by the script (no traceparent) whose entry was delivered to a
+    consumer that died, and is over worker.max_deliveries: its dead letter is a span of the
+    run's own trace (an agent run is always traced), which ends with an error."""
+    settings = _settings(redis_url, keys, worker__max_deliveries="1")
+    request = msgspec.json.encode({"run_id": "r-9", "agent": "triage", "input": "hi"})
+    script = client.register_script(submit_script())
+    await script(keys=submit_keys(keys, "triage", "r-9"), args=submit_args(keys.prefix, request))
+    inbox = keys.inbox("triage")
+    await client.xgroup_create(inbox, settings.streams.group, id="0", mkstream=True)
+    assert await client.xreadgroup(settings.streams.group, "ghost", {inbox: ">"}, count=1)
+    async with running_worker(settings, client, serving=make_agents()):
+        trace_id = trace_id_for("r-9")
+
+        async def ended() -> bool:
+            summary = await TraceStore(client, keys).get_trace(trace_id)
+            return summary is not None and summary.status == "error"
+
+        await wait_until(ended, what="the run's trace ended")
+    (letter,) = await spans_of(client, keys, trace_id)
+    assert letter.name == "dead letter: max_deliveries" and letter.parent_id is None
+    assert (await client.hget(keys.run("r-9"), "status")) == b"failed"

@@ -117,10 +117,11 @@ class Observer:
             self.traces.record(_zero(context, name, "retry", now, attrs, None))
 
     def dead_lettered(
-        self, entry: Entry, target: str, envelope: Envelope | None, reason: str, detail: str,
-        error: str | None,
+        self, entry: Entry, handler: Handler, envelope: Envelope | None, reason: str,
+        detail: str, error: str | None,
     ) -> None:  # fmt: skip
-        """*entry* (of *target*) was dead-lettered; the trace of its task ends with it."""
+        """*entry* (of *handler*'s target) was dead-lettered; its task's trace ends with it."""
+        target = handler.name
         if self.metrics is not None:
             self.metrics.count("dead_letters", 1, target=target)
         traces = self.traces
@@ -128,7 +129,7 @@ class Observer:
             return
         context = entry.trace
         if context is None:  # dead-lettered before it ran: traced if it was to be
-            if not envelope.traceparent:
+            if not (envelope.traceparent or handler.ends_trace):
                 return
             context = trace_of(envelope)
         now, why = time.time(), error or detail

@@ -131,7 +131,7 @@ class Settler:
         if not await self.settle(entry, write, written):
             return
         handler = self._handlers[entry.stream]
-        self._observer.dead_lettered(entry, handler.name, envelope, str(reason), detail, error)
+        self._observer.dead_lettered(entry, handler, envelope, str(reason), detail, error)
         if handler.on_dead_letter is not None and envelope is not None:
             info = DeadLetterContext(
                 envelope, str(reason), error, self._client, self._keys, self._settings, detail,
