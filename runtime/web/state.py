@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import anyio
 import redis.asyncio
 
 from runtime.keys import Keys
@@ -25,3 +26,7 @@ class WebState:
     keys: Keys
     settings: Settings
     probe: Probe | None = None
+    closing: anyio.Event = field(default_factory=anyio.Event)
+    """Set by :func:`runtime.web.serve` as it begins to stop, before the server is told to
+    exit: live responses (the dashboard's event streams) end by themselves on it, so the
+    server stops at once instead of cutting them after its grace period."""
