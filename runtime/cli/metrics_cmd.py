@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import click
 from rich.table import Table
+from rich.text import Text
 
 from runtime.cli.app import Context, existing_redis, pass_context
 from runtime.cli.observe_view import duration_ms, parse_window
@@ -168,7 +169,7 @@ def _agents_table(figures: Figures, window: float | None) -> Table:
     for agent, row in sorted(figures.agents.items()):
         failed = row.get("runs_failed", 0.0)
         table.add_row(
-            agent,
+            Text(agent),
             _number(row.get("runs_completed", 0.0)),
             f"[red]{_number(failed)}[/]" if failed else "0",
             duration_ms(_average(row)),
@@ -187,7 +188,7 @@ def _inbox_table(figures: Figures, inboxes: list[StreamStatus], window: float | 
         counted = figures.targets.get(inbox.target, {})
         age = inbox.oldest_pending_age_s
         table.add_row(
-            inbox.target,
+            Text(inbox.target),
             str(inbox.length),
             "-" if inbox.lag is None else str(inbox.lag),
             str(inbox.pending),

@@ -1,5 +1,10 @@
 """Formatting shared by the observability commands (``runs``, ``trace``, ``metrics``,
-``status``): durations, ages, run status colours, short cells, id checks."""
+``status``): durations, ages, run status colours, short cells, id checks.
+
+Run data (ids, agents, errors, results, names) reaches rich as :class:`~rich.text.Text`,
+never as a markup string: ``[/INST]`` in a model's output would raise a ``MarkupError`` and
+``[bold red]…[/]`` would be rendered as a style. Only the commands' own literals are markup.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import click
+from rich.text import Text
 
 from runtime.errors import KeyNameError
 from runtime.keys import validate_name
@@ -39,10 +45,9 @@ _WINDOW = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def styled_status(status: str) -> str:
-    """*status* in its colour (rich markup)."""
-    style = STATUS_STYLE.get(status)
-    return f"[{style}]{status}[/]" if style else status
+def styled_status(status: str, shown: str | None = None) -> Text:
+    """*shown* (default: *status*) as text in the colour of *status* (none when unknown)."""
+    return Text(status if shown is None else shown, style=STATUS_STYLE.get(status, ""))
 
 
 def duration_ms(ms: float | None) -> str:

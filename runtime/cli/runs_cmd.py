@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import click
 from rich.table import Table
+from rich.text import Text
 
 from runtime.cli.app import Context, existing_redis, pass_context
 from runtime.cli.observe_view import age, check_id, clock, duration_ms, short, styled_status
@@ -64,7 +65,8 @@ async def _list(
         wanted = " ".join(
             f"--{name} {value}" for name, value in (("status", status), ("agent", agent)) if value
         )
-        ctx.console.print(f"No recent run matches {wanted}." if wanted else "No runs recorded yet.")
+        said = f"No recent run matches {wanted}." if wanted else "No runs recorded yet."
+        ctx.console.print(said, markup=False)
         return
     table = Table(
         "run", "agent", "status", "duration", "age", "session", "worker", "error",
@@ -72,14 +74,14 @@ async def _list(
     )  # fmt: skip
     for row in rows:
         table.add_row(
-            row.run_id,
-            row.agent or "-",
+            Text(row.run_id),
+            Text(row.agent or "-"),
             styled_status(row.status),
             duration_ms(row.duration_ms),
             age(row.at),
-            row.session or "-",
-            row.worker or "-",
-            short(row.error, 50),
+            Text(row.session or "-"),
+            Text(row.worker or "-"),
+            Text(short(row.error, 50)),
         )
     ctx.console.print(table)
 
@@ -164,14 +166,15 @@ def _record_doc(result: RunResult, extra: dict[str, str]) -> dict[str, Any]:
 
 
 def _record_table(doc: dict[str, Any]) -> Table:
+    """The record, one field a row; every value is text (run data is never markup)."""
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
     status = styled_status(doc["status"])
     if doc["cancel_requested"] and doc["status"] not in _TERMINAL:
-        status += " (cancel requested)"
+        status.append(" (cancel requested)")
     last = doc.get("last_agent")
-    rows = [
+    rows: list[tuple[str, str | Text]] = [
         ("run", doc["run_id"]),
         ("status", status),
         ("agent", doc["agent"] + (f" (last: {last})" if last and last != doc["agent"] else "")),
@@ -189,18 +192,18 @@ def _record_table(doc: dict[str, Any]) -> Table:
         rows.append(("result", short(_text(doc["final_output"]), 400)))
     if doc.get("error"):
         kind = doc.get("error_type")
-        rows.append(
-            ("error", f"[red]{short(doc['error'], 400)}[/]" + (f" ({kind})" if kind else ""))
-        )
+        error = Text(short(doc["error"], 400), style="red")
+        rows.append(("error", error + Text(f" ({kind})" if kind else "")))
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(name, Text(value) if isinstance(value, str) else value)
     return table
 
 
-def _trace_hint(doc: dict[str, Any]) -> str:
+def _trace_hint(doc: dict[str, Any]) -> Text:
     if not doc["trace_id"]:
-        return "-"
-    return f"{doc['trace_id']} [dim](agents-worker trace {doc['run_id']})[/]"
+        return Text("-")
+    hint = Text(f" (agents-worker trace {doc['run_id']})", style="dim")
+    return Text(doc["trace_id"]) + hint
 
 
 def _text(value: Any) -> str:
@@ -216,11 +219,22 @@ def _events_table(events: list[RunEvent], since: float) -> Table:
     folded = _fold_deltas(events)
     for event, count in folded:
         offset = (event.at - since) * 1000 if event.at and since else None
-        name = event.type if count == 1 else f"{event.type} ×{count}"
-        if event.type.startswith("run."):
-            name = styled_status(name) if event.type[4:] in _TERMINAL else f"[bold]{name}[/]"
-        table.add_row(clock(event.at)[11:], duration_ms(offset), name, _detail(event))
+        table.add_row(
+            clock(event.at)[11:],
+            duration_ms(offset),
+            _event_name(event, count),
+            Text(_detail(event)),
+        )
     return table
+
+
+def _event_name(event: RunEvent, count: int) -> Text:
+    """The event's type (``×n`` when folded); a run's terminal event in its status' colour."""
+    name = event.type if count == 1 else f"{event.type} ×{count}"
+    if not event.type.startswith("run."):
+        return Text(name)
+    status = event.type[4:]
+    return styled_status(status, name) if status in _TERMINAL else Text(name, style="bold")
 
 
 def _fold_deltas(events: list[RunEvent]) -> list[tuple[RunEvent, int]]:
@@ -270,12 +284,14 @@ async def _cancel(ctx: Context, run_id: str) -> None:
     if asked and before == "queued":
         ctx.console.print(
             f"cancel requested: run {run_id} is queued; it ends cancelled, without running, "
-            "when a worker takes it"
+            "when a worker takes it",
+            markup=False,
         )
     elif asked:
         ctx.console.print(
             f"cancel requested: run {run_id} is {before}; its worker stops it within a moment "
-            f"and it ends cancelled (`agents-worker runs show {run_id}`)"
+            f"and it ends cancelled (`agents-worker runs show {run_id}`)",
+            markup=False,
         )
     elif after is None:
         raise click.ClickException(f"no run {run_id!r} (unknown, or its record expired)")

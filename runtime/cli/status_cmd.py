@@ -217,14 +217,14 @@ def _streams_table(streams: list[StreamStatus]) -> RenderableType:
         dlq = f"[red]{s.dlq}[/]" if s.dlq else "0"
         lag = "-" if not s.groups else "?" if s.lag is None else str(s.lag)
         table.add_row(
-            s.target,
+            Text(s.target),
             str(s.length),
             lag,
             str(s.pending),
             oldest,
             str(s.delayed),
             dlq,
-            consumers or "-",
+            Text(consumers or "-"),
         )
     return table
 
@@ -237,7 +237,8 @@ def _fleet_table(fleet: list[FleetMember]) -> Table:
     )  # fmt: skip
     now = time.time()
     for member in fleet:
-        supervisor, http = f"{member.instance} (pid {member.pid})", member.http or "-"
+        supervisor = Text(f"{member.instance} (pid {member.pid})")
+        http = Text(member.http or "-")
         if not member.workers:
             table.add_row(supervisor, http, "-", "-", "-", "-", "-", "-")
         for worker in member.workers:
@@ -245,12 +246,12 @@ def _fleet_table(fleet: list[FleetMember]) -> Table:
             table.add_row(
                 supervisor,
                 http,
-                worker.name,
-                f"[{style}]{worker.state}[/]" if style else worker.state,
+                Text(worker.name),
+                Text(worker.state, style=style),
                 str(worker.pid or "-"),
                 age(worker.started_at, now, suffix=""),
                 str(worker.runs),
                 "-" if worker.rss_mb is None else f"{worker.rss_mb:.0f} MiB",
             )
-            supervisor = http = ""  # once per supervisor
+            supervisor = http = Text()  # once per supervisor
     return table

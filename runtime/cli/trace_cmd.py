@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
-from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -127,22 +126,24 @@ def _end_of(spans: list[SpanRecord]) -> float:
     return max(span.end or span.start for span in spans)
 
 
-def _header(summary: TraceSummary | None, trace_id: str, spans: list[SpanRecord]) -> str:
+def _header(summary: TraceSummary | None, trace_id: str, spans: list[SpanRecord]) -> Text:
+    """One line: the trace, its name, run, agent, status, spans, duration, failures (the
+    names are text: a span or agent name is never read as markup)."""
     origin, end = min(span.start for span in spans), _end_of(spans)
     errors = sum(1 for span in spans if span.status == "error")
-    parts = [f"[bold]Trace {trace_id}[/]"]
+    parts = [Text(f"Trace {trace_id}", style="bold")]
     if summary is not None:
-        parts.append(escape(summary.name))
+        parts.append(Text(summary.name))
         if summary.run_id:
-            parts.append(f"run {escape(summary.run_id)}")
+            parts.append(Text(f"run {summary.run_id}"))
         if summary.agent:
-            parts.append(f"agent {escape(summary.agent)}")
+            parts.append(Text(f"agent {summary.agent}"))
         parts.append(styled_status(summary.status))
-    parts.append(f"{len(spans)} spans")
-    parts.append(duration_ms((end - origin) * 1000))
+    parts.append(Text(f"{len(spans)} spans"))
+    parts.append(Text(duration_ms((end - origin) * 1000)))
     if errors:
-        parts.append(f"[red]{errors} failed[/]")
-    return " · ".join(parts)
+        parts.append(Text(f"{errors} failed", style="red"))
+    return Text(" · ").join(parts)
 
 
 def _table(rows: list[tuple[SpanNode, str]], origin: float, end: float, width: int) -> Table:
@@ -166,11 +167,11 @@ def _table(rows: list[tuple[SpanNode, str]], origin: float, end: float, width: i
         took = None if span.end is None else (span.end - span.start) * 1000
         cells: list[str | Text] = [
             _name(span, lead),
-            span.kind,
+            Text(span.kind),
             "+" + duration_ms((span.start - origin) * 1000),
             "running" if took is None else duration_ms(took),
             _bar(span, origin, total, bar),
-            _tokens(span),
+            Text(_tokens(span)),
         ]
         table.add_row(*(cells if wide else [cells[0], *cells[2:5]]))
     return table
@@ -183,12 +184,16 @@ def _name(span: SpanRecord, lead: str) -> Text:
     return name
 
 
-def _errors(rows: list[tuple[SpanNode, str]], origin: float) -> list[str]:
+def _errors(rows: list[tuple[SpanNode, str]], origin: float) -> list[Text]:
     """The failed spans' errors in full (a table cell would cut them), in tree order."""
     return [
-        f"[red]✗[/] [bold]{escape(node.span.name)}[/] "
-        f"(+{duration_ms((node.span.start - origin) * 1000)}): "
-        f"[red]{escape(short(node.span.error, 500))}[/]"
+        Text.assemble(
+            ("✗", "red"),
+            " ",
+            (node.span.name, "bold"),
+            f" (+{duration_ms((node.span.start - origin) * 1000)}): ",
+            (short(node.span.error, 500), "red"),
+        )
         for node, _ in rows
         if node.span.error
     ]
