@@ -174,3 +174,18 @@ async def test_submit_with_a_run_id_of_ones_own_can_be_sent_again(
     other = run_cli(*cli_args, "submit", "triage", "other", "--run-id", "own-1")
     assert other.returncode == 1 and "exists already" in other.stderr
     assert await client.xlen(keys.inbox("triage")) == 1
+
+
+async def test_dlq_list_prints_a_letters_texts_literally(
+    cli_args: list[str], client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    """A run's error often quotes a model's words: "[/INST]" is text, not terminal markup."""
+    error = "model said [/INST] then [bold red]x[/]"
+    await client.xadd(
+        keys.dlq("fatal"),
+        {"reason": "failed", "detail": "[link=http://e]y[/link]", "error": error, "task_id": "t"},
+    )
+    listed = run_cli(*cli_args, "dlq", "list", "fatal", env={"COLUMNS": "400"})
+    assert listed.returncode == 0, listed.stderr
+    assert "[/INST]" in listed.stdout and "[bold red]x[/]" in listed.stdout
+    assert "[link=http://e]y[/link]" in listed.stdout

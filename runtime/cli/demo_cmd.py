@@ -18,6 +18,7 @@ import anyio
 import click
 import msgspec
 from rich.table import Table
+from rich.text import Text
 
 from runtime.agents import AgentClient, RunHandle, RunResult
 from runtime.agents.models import model_description
@@ -209,13 +210,14 @@ async def _print_run(ctx: Context, label: str, handle: RunHandle, result: RunRes
             steps.append(f"{data['tool']}()")
         elif event.type == "run.started" and not steps:
             steps.append(f"worker {data['worker']}")
-    head = f"[bold]#{label}[/] {handle.session_id} · {result.agent}"
+    # a model's words may hold "[/INST]" or "[bold]": data goes to rich as Text, never markup
+    head = Text.assemble((f"#{label}", "bold"), f" {handle.session_id} · {result.agent}")
     if not result.ok:
-        ctx.console.print(f"{head} [red]{result.status}[/]: {result.error}")
+        ctx.console.print(Text.assemble(head, " ", (result.status, "red"), f": {result.error}"))
         return
     took = (result.finished_at or 0) - (result.submitted_at or 0)
-    ctx.console.print(f"{head} · {' · '.join(steps)} · {took * 1000:.0f} ms")
-    ctx.console.print(f"    {result.last_agent}: {result.final_output}")
+    ctx.console.print(Text.assemble(head, f" · {' · '.join(steps)} · {took * 1000:.0f} ms"))
+    ctx.console.print(Text(f"    {result.last_agent}: {result.final_output}"))
 
 
 async def _status(ctx: Context, conn: Connection) -> None:
@@ -225,7 +227,7 @@ async def _status(ctx: Context, conn: Connection) -> None:
     )
     for s in streams:
         consumers = ", ".join(c.name for g in s.groups for c in g.consumers) or "-"
-        table.add_row(s.target, str(s.length), str(s.pending), str(s.dlq), consumers)
+        table.add_row(Text(s.target), str(s.length), str(s.pending), str(s.dlq), Text(consumers))
     ctx.console.print(table)
     events = await AgentCoordinator(client=conn.client, keys=conn.keys).get_stream_info()
     ctx.console.print(f"Coordination stream: {events.get('length', 0)} lifecycle events.")

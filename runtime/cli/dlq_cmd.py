@@ -9,6 +9,7 @@ import time
 import anyio
 import click
 from rich.table import Table
+from rich.text import Text
 
 from runtime.agents.runs import requeue_for_replay
 from runtime.cli.app import Context, existing_redis, pass_context
@@ -43,7 +44,7 @@ async def _list(ctx: Context, target: str | None, limit: int, as_json: bool) -> 
                 return
             table = Table("target", "dead letters", highlight=False)
             for name, size in sizes.items():
-                table.add_row(name, str(size))
+                table.add_row(Text(name), str(size))
             ctx.console.print(table)
             return
         rows = await letters.read(target, count=limit)
@@ -54,13 +55,13 @@ async def _list(ctx: Context, target: str | None, limit: int, as_json: bool) -> 
             "id", "failed at", "reason", "detail", "error", "task", "tries", highlight=False
         )  # fmt: skip
         for letter in rows:
-            table.add_row(
+            table.add_row(  # the letter's texts (a run's error) as Text: never markup
                 letter.id,
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.failed_at)),
-                letter.reason,
-                _short(letter.detail) or "-",
-                _short(letter.error),
-                letter.task_id or "-",
+                Text(letter.reason),
+                Text(_short(letter.detail) or "-"),
+                Text(_short(letter.error)),
+                Text(letter.task_id or "-"),
                 str(letter.attempts),
             )
         ctx.console.print(table)
@@ -141,14 +142,17 @@ async def _replay(ctx: Context, target: str, ids: list[str] | None) -> None:
         with ctx.errors.status(f"Replaying dead letters of {target!r}…"):
             result = await letters.replay(target, ids, after_move=requeue)
     for letter_id, new_id in result.moved.items():
-        ctx.console.print(f"replayed {letter_id} → {new_id}")
+        ctx.console.print(f"replayed {letter_id} → {new_id}", markup=False)
     for letter_id, why in result.warnings.items():
         ctx.errors.print(
-            f"[yellow]warning[/] {letter_id}: replayed, but its run's record was not reset "
-            f"({why}); the worker that takes it resets it"
+            Text.assemble(
+                ("warning", "yellow"),
+                f" {letter_id}: replayed, but its run's record was not reset ({why}); the "
+                "worker that takes it resets it",
+            )
         )
     for letter_id, why in result.skipped.items():
-        ctx.errors.print(f"[yellow]skipped[/] {letter_id}: {why}")
+        ctx.errors.print(Text.assemble(("skipped", "yellow"), f" {letter_id}: {why}"))
     ctx.console.print(f"{len(result.moved)} replayed, {len(result.skipped)} skipped.")
     if result.skipped and not result.moved:
         raise SystemExit(1)
