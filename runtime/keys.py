@@ -2,7 +2,8 @@
 
 Keys are ``<prefix>:<…>``. What one atomic step touches shares a Redis Cluster hash tag
 (``{…}``), so it lands in one slot: an inbox with its delayed set, dead-letter stream and
-idempotency keys; a run with its event stream and journal; a session with its items and lease.
+idempotency keys; a run with its event stream and journal; a session with its items and lease;
+a metric series with its roll-up.
 
 ==========================================  ======  ==========================================
 key                                         type    lifetime
@@ -26,7 +27,8 @@ key                                         type    lifetime
 ``aw:traces``                               stream  recent traces (one entry per trace), MAXLEN ~
 ``aw:{trace:<trace id>}``                   hash    TTL = result retention (trace summary)
 ``aw:{trace:<trace id>}:spans``             hash    TTL = result retention (span id → JSON)
-``aw:ts:<metric>:<series>``                 TS      TTL = metrics retention, refreshed
+``aw:ts:{<metric>:<series>}``               TS      TTL = metrics retention, refreshed
+``aw:ts:{<metric>:<series>}:rollup``        TS      TTL = roll-up retention, refreshed
 ``aw:metrics:totals``                       hash    bounded by metrics × label sets
 ``aw:targets``                              zset    targets served (score: last seen)
 ``aw:fleet``                                zset    supervisors (score: last heartbeat)
@@ -191,13 +193,15 @@ class Keys:
 
     def metric_series(self, metric: str, series: str) -> str:
         """One TimeSeries of *metric*; *series* names its labels and the writing process
-        (free text chosen by the recorder; it may hold ':')."""
+        (free text chosen by the recorder; it may hold ':'). The name is a hash tag, so the
+        series and its roll-up (this key ``+ ":rollup"``, fed by ``TS.CREATERULE``, which
+        Redis Cluster refuses across slots) share a slot."""
         validate_name("metric", metric)
         if not series or any(c.isspace() or c in "{}" for c in series):
             raise KeyNameError(
                 f"series name {series!r} must be non-empty, without spaces or braces"
             )
-        return f"{self.prefix}:ts:{metric}:{series}"
+        return f"{self.prefix}:ts:{{{metric}:{series}}}"
 
     def metrics_totals(self) -> str:
         """Fleet totals of every counter since the deployment began (what `/metrics` serves)."""

@@ -57,3 +57,15 @@ def test_bad_prefixes_are_refused(bad: str) -> None:
 def test_negative_partition_refused() -> None:
     with pytest.raises(KeyNameError):
         Keys().inbox("a", partition=-1)
+
+
+def test_a_metric_series_and_its_rollup_share_a_cluster_slot() -> None:
+    keys = Keys("aw")
+    series = keys.metric_series("run_latency", "host:1:0:max:agent=triage")
+    assert series == "aw:ts:{run_latency:host:1:0:max:agent=triage}"
+    assert (
+        hash_tag(series) == hash_tag(series + ":rollup") == "run_latency:host:1:0:max:agent=triage"
+    )
+    assert slot(series) == slot(series + ":rollup")
+    with pytest.raises(KeyNameError):
+        keys.metric_series("run_latency", "a{b")

@@ -3,6 +3,7 @@ PrometheusExporter(metrics).generate() (parsed with prometheus_client's parser).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -176,3 +177,21 @@ async def test_records_left_buffered_are_written_at_exit(redis_url: str, keys: K
     assert done.returncode == 0, done.stderr.decode()
     with make(redis_url, keys) as metrics:
         assert metrics.get_stats()["count"] == 10
+
+
+async def test_record_refuses_what_is_not_a_non_negative_finite_number(
+    redis_url: str, keys: Keys
+) -> None:
+    bad: list[dict[str, Any]] = [
+        {"latency_ms": math.nan}, {"latency_ms": -1}, {"latency_ms": True},
+        {"input_tokens": math.inf}, {"input_tokens": -5}, {"input_tokens": "12"},
+        {"output_tokens": 10**400}, {"output_tokens": -math.inf}, {"cache_hit": "yes"},
+    ]  # fmt: skip
+    with make(redis_url, keys) as metrics:
+        for kw in bad:
+            (name,) = kw
+            with pytest.raises(ValueError, match=f"{name} must be"):
+                metrics.record(**{"latency_ms": 1, "input_tokens": 2, **kw})
+        record_some(metrics)  # the refused calls recorded nothing of theirs
+        assert metrics.get_stats() == EXPECTED
+        assert metrics.recorder.flush_failures == 0

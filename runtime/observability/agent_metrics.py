@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import numbers
 import os
 import socket
 import threading
@@ -59,6 +60,19 @@ _open: weakref.WeakSet[AgentMetrics] = weakref.WeakSet()
 def _close_all() -> None:  # pragma: no cover - runs at interpreter exit
     for metrics in list(_open):
         metrics.close()
+
+
+def _check_amount(what: str, value: float | None) -> None:
+    """:class:`ValueError` unless *value* is None or a non-negative finite number."""
+    if value is None:
+        return
+    try:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and value >= 0
+    except OverflowError:  # an int too large for a float
+        ok = False
+    if not ok:
+        raise ValueError(f"{what} must be a non-negative finite number or None, not {value!r}")
 
 
 class AgentMetrics:
@@ -144,7 +158,18 @@ class AgentMetrics:
         output_tokens: int | None = None,
         cache_hit: bool | None = None,
     ) -> None:
-        """Record one request of the agent (buffered: no I/O, thread-safe)."""
+        """Record one request of the agent (buffered: no I/O, thread-safe).
+
+        *latency_ms*, *input_tokens* and *output_tokens* are non-negative finite numbers,
+        *cache_hit* a bool (each may be None): anything else is a :class:`ValueError` and
+        nothing of the call is recorded."""
+        for what, value in (
+            ("latency_ms", latency_ms), ("input_tokens", input_tokens),
+            ("output_tokens", output_tokens),
+        ):  # fmt: skip
+            _check_amount(what, value)
+        if cache_hit is not None and not isinstance(cache_hit, bool):
+            raise ValueError(f"cache_hit must be True, False or None, not {cache_hit!r}")
         rec, agent = self.recorder, self._agent
         rec.count("runs_completed", 1, agent=agent)
         if latency_ms is not None:

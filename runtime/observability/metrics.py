@@ -11,8 +11,10 @@
 What one flush writes (one round trip, see :mod:`runtime.observability.metrics_flush`):
 
 - per process and label set, one TimeSeries per statistic, key
-  ``keys.metric_series(metric, "<process>:<stat>:<labels>")``, labelled ``metric``, ``stat``,
-  ``process``, ``prefix`` (the key prefix), ``res`` (``raw``) and the record's own labels.
+  ``keys.metric_series(metric, "<process>:<stat>:<labels>")`` (``<prefix>:ts:{…}``: the
+  series and its roll-up share a Redis Cluster slot, as ``TS.CREATERULE`` needs), labelled
+  ``metric``, ``stat``, ``process``, ``prefix`` (the key prefix), ``res`` (``raw``) and the
+  record's own labels.
   Counters have a ``sum`` series (``DUPLICATE_POLICY SUM``: samples of one millisecond add
   up, so nothing is lost however many records land in it); latencies ``sum``, ``count``
   (both SUM), ``max`` (MAX) and ``min`` (MIN); gauges ``last`` (LAST). Every write refreshes
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 import re
 import threading
 import time
@@ -140,6 +143,17 @@ def clean_label(value: object, *, process: bool = False) -> str:
     return text or "_"
 
 
+def _finite(value: float, what: str) -> float:
+    """*value* as a float, or :class:`ValueError` when it is not a finite number."""
+    try:
+        number = float(value) if isinstance(value, numbers.Real) else math.nan
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be a finite number, not {value!r}")
+    return number
+
+
 def le_text(bound: float) -> str:
     """A bucket bound as Prometheus writes it (``5.0``, ``+Inf``)."""
     return "+Inf" if math.isinf(bound) else repr(float(bound))
@@ -236,12 +250,15 @@ class MetricsRecorder:
 
     The record methods (:meth:`count`, :meth:`observe`, :meth:`gauge`) are synchronous,
     thread-safe and do no I/O: they validate the metric and labels (:class:`ValueError`
-    naming the catalogue when unknown) and add to the buffer. Samples of one series and one
+    naming the catalogue when unknown, and for a value that is not a finite number) and add
+    to the buffer. Samples of one series and one
     millisecond are combined in the buffer (summed for counters). The buffer keeps at most
     *max_pending* samples of history (series × millisecond); past that, new samples of
     history are dropped and counted in :attr:`dropped` (logged once per episode), while the
     totals stay exact. A flush that meets a Redis error keeps what was not written for the
-    next flush, logs once per episode of failures and never raises it.
+    next flush, logs once per episode of failures and never raises it; what Redis refuses
+    for a reason of its own (not a full, read-only or loading server) five flushes in a row
+    is given up, counted (:attr:`dropped`, :attr:`dropped_totals`) and logged.
 
     With ``observability.metrics`` off the recorder accepts every call and writes nothing.
     *clock* (unix seconds) stamps the samples; tests pin it.
@@ -277,6 +294,12 @@ class MetricsRecorder:
         return self._flusher.dropped
 
     @property
+    def dropped_totals(self) -> int:
+        """Totals increments given up: a field Redis refused five flushes in a row (e.g. a
+        field of the totals hash that is not a number), logged as ``metrics.total_dropped``."""
+        return self._flusher.dropped_totals
+
+    @property
     def flush_failures(self) -> int:
         """Flushes that met a Redis error (what they could not write was kept)."""
         return self._flusher.failures
@@ -294,8 +317,10 @@ class MetricsRecorder:
         return family
 
     def count(self, metric: str, value: float = 1, **labels: str | None) -> None:
-        """Add *value* to the counter *metric* (a catalogue counter) for *labels*."""
+        """Add *value* (a finite number: :class:`ValueError` for NaN or ±inf, which Redis
+        would refuse) to the counter *metric* (a catalogue counter) for *labels*."""
         family = self._family(metric, "counter", labels)
+        value = _finite(value, f"count of {metric!r}")
         if not self.enabled or not value:
             return
         ms = int(self._clock() * 1000)

@@ -5,16 +5,24 @@ A flush sends, in one batch (:func:`runtime.redis.connection.run_batch`): ``TS.C
 the roll-up's ``TS.CREATE`` + ``TS.CREATERULE``) for each series this process has not created
 yet, one ``TS.MADD`` per series with its samples, ``PEXPIRE`` per series, one
 ``HINCRBYFLOAT`` per total and one ``HSET`` of the gauges. Each reply is checked on its own:
-what Redis refused is put back in the buffer for the next flush (a series whose own key is
-refused five flushes in a row, a key of another type in its place, is given up and logged),
-samples older than the retention are dropped, and an
-unknown ``TS.*`` command turns the history off for the process (totals go on).
+what Redis refused is put back in the buffer for the next flush, samples older than the
+retention are dropped, and an unknown ``TS.*`` command turns the history off for the process
+(totals go on). A refusal of the whole server (``OOM``, ``READONLY``, ``LOADING``…) is waited
+out (the buffer's bound holds what waits); any other refusal is the command's own (a key of
+another type where a series or the totals hash should be, a totals field that is not a
+number): a series or a totals field refused five flushes in a row is given up, its values
+dropped, counted and logged, so that one bad key never jams the flushes. A refused roll-up
+(``TS.CREATE`` of the roll-up or its ``TS.CREATERULE``, other than "already exists") is a
+warning, once per episode, and is tried again at the next flushes (five times).
+
+The series known to exist are remembered by key, at most ``_KNOWN_MAX`` of them (the oldest
+forgotten first: it is only created once more, "already exists").
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
@@ -32,11 +40,23 @@ __all__ = ["Flusher"]
 
 log = get_logger("runtime.observability.metrics")
 
-# Flushes in a row a series' own key may be refused (a key of another type where the series
-# should be) before its samples are dropped; refusals of the whole server (OOM, READONLY,
-# LOADING…) never give up: the buffer's bound holds them.
+# Flushes in a row a series, a totals field or a roll-up may be refused for a reason of its
+# own (a key of another type in its place, a field that is not a number) before it is given
+# up; refusals of the whole server never give up: the buffer's bound holds what waits.
 _GIVE_UP_AFTER = 5
-_KEY_ERRORS = ("TSDB", "WRONGTYPE")
+_SERVER_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.NoPermissionError,
+    redis.exceptions.AuthenticationError,
+    redis.exceptions.ConnectionError,
+)
+_SERVER_CODES = ("BUSY", "MISCONF", "NOREPLICAS", "NOAUTH", "NOPERM")
+_KNOWN_MAX = 20_000  # series keys remembered as created, and series/fields being refused
 _history_off_said = threading.Event()  # `metrics.history_off` is logged once per process
 
 Handler = Callable[[Any], str | None]  # reply → an error text when something was kept
@@ -54,6 +74,19 @@ def _combine(policy: str, old: float, new: float) -> float:
 
 def _text(reply: Any) -> str:
     return str(reply)
+
+
+def _of_server(reply: Any) -> bool:
+    """Whether the error *reply* refuses every write of the server now (out of memory, a
+    replica, loading…), not this command's own."""
+    return isinstance(reply, _SERVER_ERRORS) or str(reply).startswith(_SERVER_CODES)
+
+
+def _remember(known: MutableMapping[str, Any], key: str, value: Any) -> None:
+    """``known[key] = value``, forgetting the oldest entry past ``_KNOWN_MAX``."""
+    if key not in known and len(known) >= _KNOWN_MAX:
+        del known[next(iter(known))]
+    known[key] = value
 
 
 def _unknown_command(reply: Any) -> bool:
@@ -90,6 +123,7 @@ class Flusher:
         self.history: bool | None = None
         self.failures = 0
         self.dropped = 0
+        self.dropped_totals = 0
         self._lock = lock
         self._max = max_pending
         self._labels = ("process", process, "prefix", keys.prefix)
@@ -101,8 +135,12 @@ class Flusher:
         self._totals: dict[str, float] = {}
         self._buckets: dict[Family, list[int]] = {}
         self._gauges: dict[str, tuple[float, int]] = {}
-        self._created: set[Series] = set()
-        self._refused: dict[Series, int] = {}
+        # by series key: a Series object is made again when the recorder's cache is cleared
+        self._created: dict[str, None] = {}
+        self._refused: dict[str, int] = {}  # series key → refusals in a row
+        self._rollup_refused: dict[str, int] = {}
+        self._total_refused: dict[str, int] = {}  # totals field → refusals in a row
+        self._rollup_failing = False
         self._failing = False
         self._full = False
 
@@ -191,6 +229,7 @@ class Flusher:
             raise
         problems = [text for handler, reply in zip(handlers, replies, strict=True)
                     if (text := handler(reply)) is not None]  # fmt: skip
+        self._rollups_done()
         if problems:
             self._failed(problems[0])
             return
@@ -198,6 +237,14 @@ class Flusher:
         if self._failing:
             self._failing = False
             log.info("metrics.flush_recovered", failed_flushes=self.failures)
+
+    def _rollups_done(self) -> None:
+        """After a flush's replies: the roll-ups refused are tried again as their series are
+        created again; one made clears its count; none left waiting ends the episode."""
+        for key in [key for key in self._rollup_refused if key in self._created]:
+            del self._rollup_refused[key]  # created with its roll-up this time
+        if self._rollup_failing and not self._rollup_refused:
+            self._rollup_failing = False
 
     def _failed(self, error: str) -> None:
         self.failures += 1
@@ -208,7 +255,7 @@ class Flusher:
     def _plan(self, drained: _Drained, batch: Batch, handlers: list[Handler]) -> None:
         if self.history is not False:
             for series, points in drained.samples.items():
-                if series not in self._created:
+                if series.key not in self._created:
                     self._plan_create(series, batch, handlers)
                 self._plan_samples(series, points, batch, handlers)
         for field, value in drained.totals.items():
@@ -242,7 +289,8 @@ class Flusher:
             "TS.CREATERULE", series.key, series.rollup_key,
             "AGGREGATION", series.rollup_aggregation, self._rollup_bucket,
         )  # fmt: skip
-        handlers += (self._rollup_handler, self._rollup_handler)
+        handler = self._rollup_handler(series)
+        handlers += (handler, handler)
 
     def _plan_samples(
         self, series: Series, points: dict[int, float], batch: Batch, handlers: list[Handler]
@@ -265,6 +313,8 @@ class Flusher:
             self._n -= sum(len(points) for points in self._samples.values())
             self._samples.clear()
         self._created.clear()
+        self._refused.clear()
+        self._rollup_refused.clear()
         if not _history_off_said.is_set():
             _history_off_said.set()
             log.warning(
@@ -279,16 +329,39 @@ class Flusher:
                 self._history_off()
             elif not isinstance(reply, Exception) or "already exists" in str(reply):
                 self.history = True
-                self._created.add(series)
+                _remember(self._created, series.key, None)
             return None  # a refused create shows in the samples' reply
 
         return handle
 
-    def _rollup_handler(self, reply: Any) -> str | None:
-        # "already exists" / "already has a src rule": made by an earlier flush
-        if isinstance(reply, Exception) and "already" not in str(reply):
-            log.debug("metrics.rollup_refused", error=str(reply))
-        return None
+    def _rollup_handler(self, series: Series) -> Handler:
+        """The replies of a roll-up's ``TS.CREATE`` and ``TS.CREATERULE`` ("already exists",
+        "already has a src rule": made by an earlier flush). When one is refused while the
+        series itself was created, the series is created again by the next flush, with its
+        roll-up (at most five flushes in a row for a refusal of its own)."""
+
+        def handle(reply: Any) -> str | None:
+            key = series.key
+            if not isinstance(reply, Exception) or "already" in str(reply):
+                return None
+            if key not in self._created:  # the series' own refusal says why; or done already
+                return None
+            if not self._rollup_failing:
+                self._rollup_failing = True
+                log.warning(
+                    "metrics.rollup_refused", series=key, error=str(reply),
+                    effect="no roll-up for this series yet; tried again at the next flushes",
+                )  # fmt: skip
+            refused = self._rollup_refused.get(key, 0) + (not _of_server(reply))
+            if refused >= _GIVE_UP_AFTER:
+                self._rollup_refused.pop(key, None)
+                log.warning("metrics.rollup_given_up", series=key, error=str(reply))
+            else:
+                _remember(self._rollup_refused, key, refused)
+                del self._created[key]
+            return None
+
+        return handle
 
     def _samples_handler(self, series: Series, points: dict[int, float]) -> Handler:
         def handle(reply: Any) -> str | None:
@@ -296,40 +369,49 @@ class Flusher:
                 self._history_off()
                 return None
             if isinstance(reply, Exception):
-                return self._refused_series(series, points, str(reply))
+                return self._refused_series(series, points, reply)
             kept: dict[int, float] = {}
-            error = None
+            error: Exception | None = None
             for (ms, value), result in zip(points.items(), reply, strict=True):
                 if not isinstance(result, Exception):
                     continue
                 if "older than retention" in str(result):
                     self.dropped += 1
                 else:
-                    kept[ms], error = value, str(result)
+                    kept[ms], error = value, result
             if error is None:
-                self._refused.pop(series, None)
+                self._refused.pop(series.key, None)
                 return None
             return self._refused_series(series, kept, error)
 
         return handle
 
-    def _refused_series(self, series: Series, points: dict[int, float], error: str) -> str:
-        self._created.discard(series)  # e.g. "not a TSDB key": the series expired or went
-        refused = self._refused.get(series, 0) + any(e in error for e in _KEY_ERRORS)
+    def _refused_series(self, series: Series, points: dict[int, float], error: Exception) -> str:
+        self._created.pop(series.key, None)  # e.g. "not a TSDB key": the series expired
+        refused = self._refused.get(series.key, 0) + (not _of_server(error))
         if refused >= _GIVE_UP_AFTER:
-            self._refused.pop(series, None)
+            self._refused.pop(series.key, None)
             self.dropped += len(points)
-            log.warning("metrics.series_dropped", series=series.key, error=error)
-            return error
-        self._refused[series] = refused
+            log.warning("metrics.series_dropped", series=series.key, error=str(error))
+            return str(error)
+        _remember(self._refused, series.key, refused)
         with self._lock:
             self._requeue_points(series, points)
-        return error
+        return str(error)
 
     def _total_handler(self, field: str, value: float) -> Handler:
         def handle(reply: Any) -> str | None:
             if not isinstance(reply, Exception):
+                if self._total_refused:
+                    self._total_refused.pop(field, None)
                 return None
+            refused = self._total_refused.get(field, 0) + (not _of_server(reply))
+            if refused >= _GIVE_UP_AFTER:
+                self._total_refused.pop(field, None)
+                self.dropped_totals += 1
+                log.warning("metrics.total_dropped", field=field, value=value, error=str(reply))
+                return _text(reply)
+            _remember(self._total_refused, field, refused)
             with self._lock:
                 self.add_total(field, value)
             return _text(reply)

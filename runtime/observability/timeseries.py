@@ -70,6 +70,13 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _sort_key(total: Total) -> tuple[str, list[tuple[str, str]]]:
     return total.metric, sorted(total.labels.items())
 
@@ -130,8 +137,9 @@ class MetricsStore:
                 kind = spec_of(family).kind
             except ValueError:  # a field of a newer version: not ours to show
                 continue
-            if kind != "gauge":
-                totals.append(Total(metric, labels, float(value)))
+            number = _number(value)  # a field someone else wrote: not a number, left out
+            if kind != "gauge" and number is not None:
+                totals.append(Total(metric, labels, number))
         return sorted(totals, key=_sort_key)
 
     async def gauges(self) -> list[Total]:
@@ -145,12 +153,15 @@ class MetricsStore:
                     continue
             except ValueError:
                 continue
-            number, _, stamp = value.partition(" ")
+            text, _, stamp = value.partition(" ")
+            number = _number(text)
+            if number is None or (stamp and not stamp.isdigit()):
+                continue  # not what a recorder writes
             at = int(stamp) / 1000 if stamp else None
             limit = self.gauge_max_age_seconds
             if limit is not None and at is not None and now - at > limit:
                 continue
-            gauges.append(Total(metric, labels, float(number), at))
+            gauges.append(Total(metric, labels, number, at))
         return sorted(gauges, key=_sort_key)
 
     async def _now(self) -> float:
