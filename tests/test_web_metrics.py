@@ -8,6 +8,7 @@ TimeSeries' (MetricsStore.range summed over the window) and to what the processe
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 import textwrap
@@ -25,7 +26,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from runtime import Keys
-from runtime.observability.metrics import MetricsRecorder
+from runtime.observability.metrics import (
+    LATENCY_BUCKETS_MS,
+    MetricsRecorder,
+    encode_field,
+    le_text,
+)
 from runtime.observability.timeseries import MetricsStore
 from runtime.web import Probe, SupervisorFigures, WebState, create_app
 from tests.conftest import ROOT, free_port, make_settings
@@ -205,3 +211,57 @@ async def test_a_gauge_nobody_samples_any_more_is_left_out(state: WebState, keys
         got = _samples((await fetch(port, "/metrics")).body)
     lags = {dict(labels).get("target"): v for (name, labels), v in got.items() if "lag" in name}
     assert lags == {"triage": 2}
+
+
+def _field(name: str, **labels: str) -> str:
+    return encode_field(name, tuple(sorted(labels.items())))
+
+
+def _histogram(got: dict[tuple[str, frozenset[object]], float], agent: str) -> list[float]:
+    """The buckets of run_latency{agent} by bound, then its _count."""
+    name = "agents_worker_run_latency_seconds"
+    bounds = [_seconds(b) for b in LATENCY_BUCKETS_MS]
+    buckets = [_one(got, f"{name}_bucket", agent=agent, le=le) for le in bounds]
+    return [*buckets, _one(got, f"{name}_count", agent=agent)]
+
+
+def _seconds(bound_ms: float) -> str:
+    return "+Inf" if bound_ms == float("inf") else repr(bound_ms / 1000)
+
+
+async def test_a_half_written_flush_still_scrapes_as_consistent_histograms(
+    state: WebState, keys: Keys
+) -> None:
+    """A flush adds to a latency's fields one by one: a scrape between two of them reads
+    buckets out of order, or a ``_count`` not equal to the +Inf bucket, or no ``_sum`` yet.
+    Both formats still parse (OpenMetrics' parser refuses such a histogram) and each figure
+    lies between its values before and after the flush."""
+    bucket = "run_latency_bucket"
+    await state.client.hset(
+        keys.metrics_totals(),
+        mapping={
+            # triage: 5 ms raised to 4, 10 ms not yet (3 of the new 4); +Inf not yet, count yes
+            _field(bucket, agent="triage", le=le_text(5)): 4,
+            _field(bucket, agent="triage", le=le_text(10)): 3,
+            _field(bucket, agent="triage", le=le_text(25)): 5,
+            _field(bucket, agent="triage", le=le_text(math.inf)): 6,
+            _field("run_latency_count", agent="triage"): 7,
+            _field("run_latency_sum", agent="triage"): 90.5,
+            # billing's first flush half done: two buckets written, nothing else yet
+            _field(bucket, agent="billing", le=le_text(100)): 2,
+            _field(bucket, agent="billing", le=le_text(250)): 2,
+        },
+    )
+    accept = "application/openmetrics-text; version=1.0.0"
+    async with served(create_app(state, dashboard=False)) as port:
+        openmetrics = await fetch(port, "/metrics", headers={"Accept": accept})
+        plain = await fetch(port, "/metrics")
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    for got in (_samples(openmetrics.body, openmetrics=True), _samples(plain.body)):
+        triage = _histogram(got, "triage")
+        assert triage[:3] == [4, 4, 5] and triage[-2:] == [7, 7], triage
+        assert triage == sorted(triage)
+        assert _one(got, "agents_worker_run_latency_seconds_sum", agent="triage") == 0.0905
+        billing = _histogram(got, "billing")
+        assert billing == [0, 0, 0, 0, 2, *[2] * 9, 2], billing
+        assert _one(got, "agents_worker_run_latency_seconds_sum", agent="billing") == 0

@@ -156,6 +156,7 @@ def _histograms(totals: Iterable[Total]) -> Iterator[Metric]:
     for family in families.values():
         _fill_buckets(family)
         family.samples.sort(key=_histogram_order)
+        family.samples[:] = _consistent(family.name, family.samples)
         yield family
 
 
@@ -164,9 +165,8 @@ def _fill_buckets(family: Metric) -> None:
     label_sets: dict[str, dict[str, str]] = {}
     present: set[tuple[str, str]] = set()
     for sample in family.samples:
-        rest = {k: v for k, v in sample.labels.items() if k != "le"}
-        key = repr(sorted(rest.items()))
-        label_sets[key] = rest
+        key = _label_key(sample)
+        label_sets[key] = {k: v for k, v in sample.labels.items() if k != "le"}
         if sample.name == bucket:
             present.add((key, sample.labels["le"]))
     for key, rest in label_sets.items():
@@ -174,6 +174,40 @@ def _fill_buckets(family: Metric) -> None:
             le = _seconds_bound(repr(bound_ms))
             if (key, le) not in present:
                 family.add_sample(bucket, {**rest, "le": le}, 0.0)
+
+
+def _consistent(name: str, samples: list[Sample]) -> list[Sample]:
+    """*samples* (sorted by :func:`_histogram_order`, every bucket present) as histograms the
+    parsers accept.
+
+    A flush adds to a latency's fields one by one (no transaction), so a scrape may read some
+    already raised and others not yet: per label set the buckets are made non-decreasing, and
+    the +Inf bucket and ``_count`` both the larger of the two, so that every figure lies
+    between what it was before the flush and what it is after it; a ``_sum`` not written yet
+    is 0.
+    """
+    groups: dict[str, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(_label_key(sample), []).append(sample)
+    consistent: list[Sample] = []
+    for group in groups.values():
+        buckets = [sample for sample in group if sample.name.endswith("_bucket")]
+        found = {sample.name: sample.value for sample in group}
+        highest = 0.0
+        for bucket in buckets[:-1]:  # the finite bounds, in order (+Inf is last)
+            highest = max(highest, bucket.value)
+            consistent.append(bucket._replace(value=highest))
+        top = buckets[-1]
+        total = max(highest, top.value, found.get(f"{name}_count", 0.0))
+        rest = {k: v for k, v in top.labels.items() if k != "le"}
+        consistent.append(top._replace(value=total))
+        consistent.append(Sample(f"{name}_sum", rest, found.get(f"{name}_sum", 0.0)))
+        consistent.append(Sample(f"{name}_count", rest, total))
+    return consistent
+
+
+def _label_key(sample: Sample) -> str:
+    return repr(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
 
 
 def _gauges(gauges: Iterable[Total]) -> Iterator[Metric]:
@@ -238,7 +272,7 @@ def _seconds_bound(le_ms: str) -> str:
 
 def _histogram_order(sample: Sample) -> tuple[str, int, float]:
     """Per label set: its buckets by bound, then its sum and count (as OpenMetrics wants)."""
-    rest = repr(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+    rest = _label_key(sample)
     part = _PARTS.index(sample.name.rsplit("_", 1)[-1])
     le = sample.labels.get("le")
     return rest, part, math.inf if le is None or le == "+Inf" else float(le)
