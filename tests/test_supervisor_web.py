@@ -72,3 +72,22 @@ async def test_without_web_dashboard_the_port_serves_only_probes_and_metrics(
     assert (await http_get(port, "/readyz")) == (200, "ready\n")
     assert (await http_get(port, "/metrics"))[0] == 200
     assert await run.stop() == 0
+
+
+async def test_a_bind_error_names_the_host_setting_and_the_dashboard(
+    runs: list[Running], redis_url: str, keys: Keys
+) -> None:
+    """An address not of this host is the host setting's fault, not the port's; the message
+    lists everything the port would have served, the dashboard included."""
+    sets = [*FAST, "supervisor.http_host=192.0.2.7"]  # TEST-NET-1: no host has it
+    port = free_port()
+    run = supervise(runs, redis_url, keys.prefix, "-w", "1", "--http-port", str(port), sets=sets)
+    assert await run.wait() == 1
+    errors = [line for line in run.lines if line.startswith("Error: ")]
+    assert len(errors) == 1, run.output
+    assert errors[0].startswith(
+        "Error: cannot serve /healthz, /readyz, /metrics and the dashboard on 192.0.2.7:"
+        f"{port}: not an address of this host"
+    )
+    assert "supervisor.http_host" in errors[0] and "another port" not in errors[0]
+    assert "Traceback" not in run.output and not run.workers()

@@ -49,7 +49,15 @@ from runtime.redis.connection import open_redis, translate_errors
 from runtime.settings.model import Settings
 from runtime.supervisor.sampler import Sampler
 from runtime.supervisor.slot import Slot, WorkerExit, run_worker, send_signal
-from runtime.web import Probe, SupervisorFigures, WebState, bind_sockets, create_app, serve
+from runtime.web import (
+    Probe,
+    SupervisorFigures,
+    WebState,
+    bind_sockets,
+    create_app,
+    serve,
+    supervisor_endpoint,
+)
 from runtime.worker.process import consumer_name, new_instance_id
 
 __all__ = ["Supervisor"]
@@ -121,7 +129,8 @@ class Supervisor:
         self._targets = app.targets
         sup = self.settings.supervisor
         # bound before anything starts: a port in use is one clear error, not a traceback
-        sockets = bind_sockets(sup.http_host, sup.http_port) if sup.http_port else None
+        endpoint = supervisor_endpoint(self.settings.web.dashboard)
+        sockets = bind_sockets(sup.http_host, sup.http_port, endpoint) if sup.http_port else None
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(_close, sockets or [])
             conn = await stack.enter_async_context(open_redis(self.settings))

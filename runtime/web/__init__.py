@@ -17,6 +17,7 @@ from runtime.web.server import (
     Endpoint,
     bind_sockets,
     serve,
+    supervisor_endpoint,
     url_of,
 )
 from runtime.web.state import WebState
@@ -32,5 +33,6 @@ __all__ = [
     "create_app",
     "require_token",
     "serve",
+    "supervisor_endpoint",
     "url_of",
 ]

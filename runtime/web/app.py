@@ -27,7 +27,7 @@ __all__ = ["WebState", "create_app"]
 def create_app(state: WebState, *, dashboard: bool | None = None) -> Starlette:
     """The Starlette app serving *state*; the dashboard when *dashboard* (default:
     ``web.dashboard``)."""
-    routes: list[BaseRoute] = [*probe_routes(state.probe), metrics_route(state)]
+    routes: list[BaseRoute] = [*probe_routes(state.probe, state.client), metrics_route(state)]
     if state.settings.web.dashboard if dashboard is None else dashboard:
         routes.extend(dashboard_routes(state))
     app = Starlette(routes=routes)

@@ -3,11 +3,14 @@
     sockets = bind_sockets("127.0.0.1", 8080)        # SupervisorError when the port is taken
     port = await tg.start(serve, app, "127.0.0.1", 8080, sockets)   # until cancelled
 
-The sockets are bound before anything else starts, so a port in use is one clear error naming
-the setting that chose it, not a traceback from deep inside a server. uvicorn installs no
-signal handlers here: SIGTERM and SIGINT belong to the supervisor (or the command) that runs
-it, which cancels the serving task; the server then stops accepting, lets the requests in
-flight finish (live streams are cut after :data:`GRACE` seconds) and returns.
+The sockets are bound before anything else starts, so a port in use (or an address that is
+not this host's) is one clear error naming the setting that chose it, not a traceback from
+deep inside a server. uvicorn installs no signal handlers here: SIGTERM and SIGINT belong to
+the supervisor (or the command) that runs it, which cancels the serving task; the server then
+sets the app's :attr:`WebState.closing <runtime.web.state.WebState.closing>` (the dashboard's
+live streams end on it), stops accepting, lets the requests in flight finish (any still
+running after :data:`GRACE` seconds are cut) and returns. On a loopback address the app is
+served behind a ``Host`` header check (:func:`runtime.web.auth.guard_host`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from starlette.types import ASGIApp
 
 from runtime.errors import SupervisorError
 from runtime.log import get_logger
+from runtime.web.auth import guard_host
+from runtime.web.state import WebState
 
 __all__ = [
     "DASHBOARD_ENDPOINT",
@@ -33,6 +38,7 @@ __all__ = [
     "Endpoint",
     "bind_sockets",
     "serve",
+    "supervisor_endpoint",
     "url_of",
 ]
 
@@ -43,29 +49,57 @@ GRACE = 2.0
 
 
 class Endpoint:
-    """What a bind error names: the endpoints served and the setting that chose the port."""
+    """What a bind error names: the endpoints served and the settings that chose the address.
 
-    def __init__(self, what: str, setting: str, flag: str, env: str, zero: str) -> None:
+    *setting*, *flag*, *env* and *zero* say how to choose another port; *host_setting* and
+    *host_how* how to choose another address (an address not of this host, a name that does
+    not resolve).
+    """
+
+    def __init__(
+        self,
+        what: str,
+        setting: str,
+        flag: str,
+        env: str,
+        zero: str,
+        *,
+        host_setting: str = "the host setting",
+        host_how: str = "",
+    ) -> None:
         self.what = what
         self.setting = setting
         self.flag = flag
         self.env = env
         self.zero = zero
+        self.host_setting = host_setting
+        self.host_how = host_how
 
 
-SUPERVISOR_ENDPOINT = Endpoint(
-    "/healthz, /readyz and /metrics",
-    "supervisor.http_port",
-    "--http-port",
-    "AGENTS_WORKER_SUPERVISOR_HTTP_PORT",
-    "turn the endpoints off with 0",
-)
+def supervisor_endpoint(dashboard: bool) -> Endpoint:
+    """The supervisor's endpoint; *dashboard*: it serves the dashboard too (``web.dashboard``)."""
+    what = "/healthz, /readyz, /metrics and the dashboard" if dashboard else _PROBES
+    return Endpoint(
+        what,
+        "supervisor.http_port",
+        "--http-port",
+        "AGENTS_WORKER_SUPERVISOR_HTTP_PORT",
+        "turn the endpoints off with 0",
+        host_setting="supervisor.http_host",
+        host_how="--set supervisor.http_host=ADDRESS, or AGENTS_WORKER_SUPERVISOR_HTTP_HOST",
+    )
+
+
+_PROBES = "/healthz, /readyz and /metrics"
+SUPERVISOR_ENDPOINT = supervisor_endpoint(dashboard=False)
 DASHBOARD_ENDPOINT = Endpoint(
     "the dashboard",
     "web.port",
     "--port",
     "AGENTS_WORKER_WEB_PORT",
     "let the system pick a free port with 0",
+    host_setting="web.host",
+    host_how="--host ADDRESS, or AGENTS_WORKER_WEB_HOST",
 )
 
 
@@ -138,9 +172,10 @@ async def serve(
     """
     sockets = sockets if sockets is not None else bind_sockets(host, port, endpoint)
     bound = int(sockets[0].getsockname()[1])
+    closing = _closing_of(app)
     _quiet_uvicorn()
     config = uvicorn.Config(
-        app,
+        guard_host(app, host),
         host=host,
         port=bound,
         lifespan="on",
@@ -157,10 +192,18 @@ async def serve(
             try:
                 await anyio.sleep_forever()
             finally:
-                server.should_exit = True  # it stops within a tick and a grace period
+                if closing is not None:
+                    closing.set()  # live streams end now, not when the grace runs out
+                server.should_exit = True  # it stops within a tick
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _closing_of(app: ASGIApp) -> anyio.Event | None:
+    """The :attr:`WebState.closing` of an app made by :func:`runtime.web.create_app`."""
+    state = getattr(getattr(app, "state", None), "web", None)
+    return state.closing if isinstance(state, WebState) else None
 
 
 async def _serve_shielded(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
@@ -186,10 +229,18 @@ def url_of(host: str, port: int) -> str:
 
 
 def _bind_error(host: str, port: int, exc: OSError, endpoint: Endpoint) -> str:
+    where = f"cannot serve {endpoint.what} on {host}:{port}"
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        why = "no such host" if isinstance(exc, socket.gaierror) else "not an address of this host"
+        how = f" ({endpoint.host_how})" if endpoint.host_how else ""
+        return (
+            f"{where}: {why} ({exc.strerror or exc}). Choose an address of this host with "
+            f"{endpoint.host_setting}{how}, e.g. 127.0.0.1 (the default)"
+        )
     what = exc.strerror or str(exc)
     if exc.errno == errno.EADDRINUSE:
         what = "the port is in use (another supervisor or dashboard on this host?)"
     return (
-        f"cannot serve {endpoint.what} on {host}:{port}: {what}. Choose another port with "
+        f"{where}: {what}. Choose another port with "
         f"{endpoint.setting} ({endpoint.flag} N, or {endpoint.env}=N), or {endpoint.zero}"
     )

@@ -19,7 +19,7 @@ class WebState:
     """The Redis client, the key names, the settings and the supervisor's probe.
 
     *probe* is the supervisor's; ``None`` in ``agents-worker dashboard`` (no workers of its
-    own: ``/healthz`` and ``/readyz`` then only say that the process serves).
+    own: ``/healthz`` then says that the process serves, ``/readyz`` whether Redis answers).
     """
 
     client: redis.asyncio.Redis
