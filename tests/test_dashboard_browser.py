@@ -13,6 +13,7 @@ browser here: it drives ``/usr/bin/chromium``.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import redis.asyncio
 from runtime import Keys, Settings
 from runtime.agents import AgentClient
 from runtime.observability.fleet import FleetMember, read_fleet, touch_targets
+from runtime.observability.spans import TraceRecorder
 from runtime.web.app import create_app
 from runtime.web.dashboard.live import Feed
 from runtime.web.server import serve
@@ -252,3 +254,45 @@ async def test_replay_and_cancel_from_the_pages_ask_for_the_token_once(
             await browser.close()
     # the server's feeds ended with their pages
     await wait_until(_no_feed, what="no live feed left")
+
+
+async def test_a_running_runs_bars_grow_by_themselves_and_unreadable_parts_are_shown(
+    chromium: str,
+    client: redis.asyncio.Redis,
+    keys: Keys,
+    browser_settings: Settings,
+    dashboard: str,
+) -> None:
+    """The feed sends a running run once while nothing changes: the page itself extends the
+    bar of a span still running. A record field and an event that cannot be read are said."""
+    from playwright.async_api import async_playwright
+
+    tid = await seed_run(client, keys, browser_settings, "live", status="running")
+    recorder = TraceRecorder(keys, browser_settings)
+    still = recorder.span(tid, "attempt 2", "attempt", start=time.time() - 1.0)  # no end yet
+    await recorder.flush(client)
+    await client.hset(keys.run("live"), "started_at", "abc")
+    await client.xadd(keys.run_events("live"), {"event": b"{nope"})
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=chromium)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+            problems = _watch(page)
+            await page.goto(dashboard + "/runs/live")
+            bar = page.locator(f'.wf-row[data-span="{still.span_id}"] .wf-bar')
+            await bar.wait_for(timeout=WAIT_MS)
+            first = await bar.evaluate("b => b.getBoundingClientRect().width")
+
+            async def grown() -> bool:
+                width = await bar.evaluate("b => b.getBoundingClientRect().width")
+                return bool(width > first + 1)
+
+            await wait_until(grown, what="the running span's bar to grow")
+            banner = await page.inner_text("#banner")
+            assert "cannot be read" in banner and "started_at" in banner, banner
+            await page.locator('#events .type:text-is("event.unreadable")').wait_for(
+                timeout=WAIT_MS
+            )
+            assert problems == []
+        finally:
+            await browser.close()

@@ -95,3 +95,26 @@ async def test_bad_data_is_skipped(
     assert await store.get_trace(tid) is None  # spans, but no summary yet
     assert await store.get_trace("nonsense") is None
     assert await store.get_spans("trace_" + "f" * 32) == []
+
+
+async def test_a_trace_over_the_limit_is_read_in_part_the_same_spans_each_time(
+    settings: Settings, client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    """300 spans (a hash Redis stores as a table, scanned in pages): at most the limit read,
+    sorted by start, the same ones at every read while the trace does not change."""
+    recorder = TraceRecorder(keys, settings)
+    tid = new_trace_id()
+    made = [recorder.span(tid, f"s{n}", "custom", start=float(n), end=n + 0.5) for n in range(300)]
+    await recorder.flush(client)
+    store = TraceStore(client, keys)
+    spans, total = await store.read_spans(tid, 100)
+    assert (len(spans), total) == (100, 300)
+    assert spans == sorted(spans, key=lambda s: s.start)
+    assert {s.span_id for s in spans} <= {s.span_id for s in made}
+    assert (await store.read_spans("trace_" + tid, 100))[0] == spans
+    assert await store.get_spans(tid, limit=100) == spans
+    assert await store.read_spans(tid, 300) == (made, 300)
+    assert await store.read_spans(tid, 1000) == (made, 300)
+    assert await store.get_spans(tid) == made
+    assert await store.read_spans("nonsense", 10) == ([], 0)
+    assert await store.read_spans(tid, 0) == ([], 300)

@@ -7,8 +7,9 @@ span tree for a waterfall.
         for node in span_tree(spans):
             print("  " * node.depth, node.span.name, node.span.duration)
 
-Every read is bounded: one trace's two hashes, or ``XREVRANGE … COUNT`` on the stream of
-recent traces (never ``KEYS``/``SCAN``).
+Every read is bounded: one trace's two hashes (:meth:`TraceStore.read_spans` reads at most
+a given number of spans), or ``XREVRANGE … COUNT`` on the stream of recent traces (never
+``KEYS``/``SCAN``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ _DECODER = msgspec.json.Decoder(SpanRecord)
 # How many recent-trace entries a name-filtered listing reads at most, per trace asked for.
 _SCAN_FACTOR = 20
 _SCAN_MAX = 5000
+# HSCAN calls one bounded read of a big trace makes at most.
+_SCAN_PAGES = 20
 
 
 @dataclass
@@ -159,19 +162,58 @@ class TraceStore:
             return None
         return summary_from_fields(fields, int(count))
 
-    async def get_spans(self, trace_id: str) -> list[SpanRecord]:
-        """The spans of one trace, sorted by start (an unreadable span is skipped, logged)."""
+    async def get_spans(self, trace_id: str, *, limit: int | None = None) -> list[SpanRecord]:
+        """The spans of one trace, sorted by start (an unreadable span is skipped, logged);
+        with *limit*, at most that many (see :meth:`read_spans`)."""
+        if limit is not None:
+            return (await self.read_spans(trace_id, limit))[0]
         tid = self._tid(trace_id)
         if tid is None:
             return []
         with translate_errors("read a trace's spans"):
             raw = await self.client.hgetall(self.keys.trace_spans(tid))
+        return self._spans(tid, raw.values())
+
+    async def read_spans(self, trace_id: str, limit: int) -> tuple[list[SpanRecord], int]:
+        """At most *limit* spans of one trace, sorted by start, and how many it holds.
+
+        ``HLEN`` first: a trace within *limit* is read whole (``HGETALL``), a bigger one with
+        ``HSCAN`` until *limit* spans are read — the same ones each time while the trace does
+        not change (a scan's order, not the earliest spans: finding those would read all).
+        """
+        tid = self._tid(trace_id)
+        if tid is None:
+            return [], 0
+        key = self.keys.trace_spans(tid)
+        values: list[Any] = []
+        with translate_errors("read a trace's spans"):
+            total = int(await self.client.hlen(key))
+            if total <= limit:
+                values = list((await self.client.hgetall(key)).values())
+            elif limit > 0:
+                values = await self._scan(key, limit)
+        return self._spans(tid, values[:limit]), total
+
+    async def _scan(self, key: str, limit: int) -> list[Any]:
+        """Up to *limit* values of hash *key*, in ``HSCAN`` order (at most _SCAN_PAGES pages)."""
+        found: dict[Any, Any] = {}
+        cursor: int = 0
+        for _ in range(_SCAN_PAGES):
+            reply: Any = await self.client.hscan(key, cursor, count=limit - len(found))
+            cursor, page = reply
+            found.update(page)
+            if not cursor or len(found) >= limit:
+                break
+        return list(found.values())
+
+    @staticmethod
+    def _spans(tid: str, values: Any) -> list[SpanRecord]:
         spans = []
-        for value in raw.values():
+        for value in values:
             try:
                 spans.append(_DECODER.decode(value))
-            except msgspec.DecodeError as exc:
-                log.warning("tracing.bad_span", trace=tid, error=str(exc))
+            except Exception as exc:  # any bad value (not only bad JSON) is skipped
+                log.warning("tracing.bad_span", trace=tid, error=repr(exc))
         spans.sort(key=lambda s: (s.start, s.span_id))
         return spans
 

@@ -30,4 +30,4 @@ __all__ = ["DashboardReader", "dashboard_routes"]
 def dashboard_routes(state: WebState) -> list[BaseRoute]:
     """The dashboard's pages, static files, JSON API and live feed, reading *state*'s Redis."""
     reader = DashboardReader(state.client, state.keys, state.settings)
-    return [*api_routes(reader, state.settings), *page_routes()]
+    return [*api_routes(reader, state.settings, state.closing), *page_routes()]

@@ -10,8 +10,8 @@
     POST /api/runs/{id}/cancel                                              (token)
 
 Errors are JSON ``{"error": "…"}``: 400 for a bad parameter, 404 for an unknown run, 503 when
-Redis cannot be read; a change without the token is refused by
-:func:`runtime.web.auth.require_token` (401/403, plain text).
+Redis cannot be read, 500 for anything else (logged with its traceback); a change without the
+token is refused by :func:`runtime.web.auth.require_token` (401/403, plain text).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import Any
 
 import anyio
 import msgspec
+from starlette.datastructures import QueryParams
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -30,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from runtime.errors import AgentsWorkerError, KeyNameError
 from runtime.keys import validate_name
+from runtime.log import get_logger
 from runtime.observability.lifecycle import STATUSES
 from runtime.settings.model import Settings
 from runtime.web.auth import require_token
@@ -38,6 +41,8 @@ from runtime.web.dashboard.readers import DashboardReader
 from runtime.web.dashboard.views import encode
 
 __all__ = ["BadRequest", "DashboardApi", "EventStream", "api_routes"]
+
+log = get_logger(__name__)
 
 LIMIT_MAX = 200
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -57,7 +62,8 @@ def json_response(value: Any, status: int = 200) -> Response:
 
 
 def _answers(endpoint: Endpoint) -> Endpoint:
-    """Errors as JSON: a bad parameter 400, Redis unreadable 503."""
+    """Errors as JSON: a bad parameter 400, Redis unreadable 503, anything else 500
+    (logged with its traceback)."""
 
     @functools.wraps(endpoint)
     async def wrapped(request: Request) -> Response:
@@ -67,6 +73,12 @@ def _answers(endpoint: Endpoint) -> Endpoint:
             return json_response({"error": str(exc)}, 400)
         except AgentsWorkerError as exc:
             return json_response({"error": str(exc)}, 503)
+        except HTTPException:
+            raise  # require_token's refusals: Starlette answers them
+        except Exception as exc:
+            log.exception("dashboard.request_failed", path=request.url.path, error=repr(exc))
+            message = f"cannot answer ({type(exc).__name__}: {exc}); the server's log has more"
+            return json_response({"error": message}, 500)
 
     return wrapped
 
@@ -106,18 +118,28 @@ def _query(request: Request) -> FeedQuery:
     dlq = params.get("dlq")
     if dlq:
         validate_name("target", dlq)
-    raw_limit = params.get("limit") or "50"
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIMIT_MAX:
+    return FeedQuery(run=run, dlq=dlq, status=status, agent=agent, limit=_limit(params))
+
+
+def _limit(params: QueryParams) -> int:
+    """``limit``, 1 to ``LIMIT_MAX`` (ASCII digits only: ``int`` refuses some that
+    ``str.isdigit`` accepts, such as ``²``)."""
+    raw = params.get("limit") or "50"
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= LIMIT_MAX):
         raise BadRequest(f"limit must be a whole number from 1 to {LIMIT_MAX}")
-    return FeedQuery(run=run, dlq=dlq, status=status, agent=agent, limit=int(raw_limit))
+    return int(raw)
 
 
 class DashboardApi:
     """The endpoints of the API, reading with one :class:`DashboardReader`."""
 
-    def __init__(self, reader: DashboardReader, settings: Settings) -> None:
+    def __init__(
+        self, reader: DashboardReader, settings: Settings, closing: anyio.Event | None = None
+    ) -> None:
         self.reader = reader
         self.settings = settings
+        self.closing = closing
+        """Set when the server begins to stop: live feeds end on it."""
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -174,9 +196,12 @@ class DashboardApi:
         return json_response({"run_id": run_id, "cancelled": cancelled, "status": status})
 
     async def stream(self, request: Request) -> Response:
-        return EventStream(Feed(self.reader, _query(request)).events())
+        feed = Feed(self.reader, _query(request), closing=self.closing)
+        return EventStream(feed.events())
 
 
-def api_routes(reader: DashboardReader, settings: Settings) -> list[BaseRoute]:
-    """The routes of the API, reading with *reader*."""
-    return DashboardApi(reader, settings).routes()
+def api_routes(
+    reader: DashboardReader, settings: Settings, closing: anyio.Event | None = None
+) -> list[BaseRoute]:
+    """The routes of the API, reading with *reader*; live feeds end when *closing* is set."""
+    return DashboardApi(reader, settings, closing).routes()

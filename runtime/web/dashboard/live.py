@@ -12,6 +12,12 @@ that fails sends a ``problem`` event (the page shows it) and the next good read 
 section again. The recent runs are read again only when the lifecycle feed's newest entry
 changed; the charts at most every :data:`CHARTS_SECONDS`, or every
 :data:`CHARTS_IDLE_SECONDS` when no run changed (the minute buckets move on).
+
+A read that fails for another reason (a bug, data no reader expected) is a ``problem`` event
+too, never the end of the stream (the browser would reconnect every few seconds); each problem
+is logged once, when it begins or changes. A run's page is compared without its clock
+(``now``): a run that is running but not changing sends nothing. When the server shuts down
+(``WebState.closing``) the feed ends at once, and with it the response.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ KEEPALIVE_SECONDS = 15.0
 """A comment line is sent after this long without an event (proxies close idle streams)."""
 
 Sections = dict[str, bytes]
+Section = tuple[bytes, bytes]
+"""What is compared to tell a change (the view without its clock), and what is sent."""
 
 
 class FeedQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,23 +60,32 @@ class FeedQuery(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Feed:
-    """The events of one connection (iterate :meth:`events`; it ends when cancelled)."""
+    """The events of one connection (iterate :meth:`events`; it ends when cancelled, or at
+    the next tick once *closing* is set: the server is shutting down)."""
 
     running: ClassVar[int] = 0
     """Feeds of this process reading now (one per open connection)."""
 
     def __init__(
-        self, reader: DashboardReader, query: FeedQuery, *, tick: float = TICK_SECONDS
+        self,
+        reader: DashboardReader,
+        query: FeedQuery,
+        *,
+        tick: float = TICK_SECONDS,
+        closing: anyio.Event | None = None,
     ) -> None:
         self.reader = reader
         self.query = query
         self.tick = tick
+        self.closing = closing
         self.reads = 0
         """Ticks that read Redis (for tests: at most one per *tick*)."""
         self._head: str | None = None
         self._runs: bytes | None = None
         self._charts_at = -CHARTS_IDLE_SECONDS
         self._charts_head: str | None = None
+        self._problem: bytes | None = None
+        """The problem last logged (and sent): a problem goes on, silently."""
 
     async def events(self) -> AsyncIterator[bytes]:
         """``retry``, then each changed section as it changes, and keep-alive comments."""
@@ -77,7 +94,7 @@ class Feed:
             yield b"retry: 3000\n\n"
             sent: Sections = {}
             quiet_since = anyio.current_time()
-            while True:
+            while not self._closing():
                 began = anyio.current_time()
                 changed = await self._changes(sent)
                 for name, body in changed.items():
@@ -87,45 +104,71 @@ class Feed:
                 elif began - quiet_since >= KEEPALIVE_SECONDS:
                     quiet_since = began
                     yield b": keep-alive\n\n"
-                await anyio.sleep(max(0.0, self.tick - (anyio.current_time() - began)))
+                await self._pause(self.tick - (anyio.current_time() - began))
         finally:
             Feed.running -= 1
 
+    def _closing(self) -> bool:
+        return self.closing is not None and self.closing.is_set()
+
+    async def _pause(self, delay: float) -> None:
+        """Wait *delay* seconds, or until the server closes."""
+        if self.closing is None:
+            await anyio.sleep(max(0.0, delay))
+            return
+        with anyio.move_on_after(max(0.0, delay)):
+            await self.closing.wait()
+
     async def _changes(self, sent: Sections) -> Sections:
-        """The sections whose bytes differ from those last *sent* (updated in place)."""
+        """The sections whose bytes differ from those last *sent* (updated in place: *sent*
+        holds what was compared, the view without its clock)."""
         self.reads += 1
         try:
             sections = await self._read()
-        except AgentsWorkerError as exc:
-            log.warning("dashboard.read_failed", error=str(exc))
-            problem = encode({"message": f"cannot read Redis: {exc}"})
-            if sent.get("problem") == problem:
-                return {}
-            sent.clear()  # everything goes again once Redis answers
-            self._runs = None
-            self._charts_at = -CHARTS_IDLE_SECONDS
-            sent["problem"] = problem
-            return {"problem": problem}
+        except Exception as exc:  # whatever it is, the page says so and the feed goes on
+            problem = encode({"message": _message(exc)})
+            if problem != self._problem:  # logged once, when the problem begins or changes
+                if isinstance(exc, AgentsWorkerError):
+                    log.warning("dashboard.read_failed", error=str(exc))
+                else:
+                    log.exception("dashboard.read_failed", error=repr(exc))
+            return self._failed(sent, problem)
+        self._problem = None
         sent.pop("problem", None)
-        changed = {name: body for name, body in sections.items() if sent.get(name) != body}
-        sent.update(changed)
+        changed = {}
+        for name, (same, body) in sections.items():
+            if sent.get(name) != same:
+                sent[name] = same
+                changed[name] = body
         return changed
 
-    async def _read(self) -> Sections:
+    def _failed(self, sent: Sections, problem: bytes) -> Sections:
+        """The ``problem`` section (nothing when it is the problem last sent)."""
+        if problem == self._problem:
+            return {}
+        self._problem = problem
+        sent.clear()  # everything goes again once the page can be read
+        self._runs = None
+        self._charts_at = -CHARTS_IDLE_SECONDS
+        sent["problem"] = problem
+        return {"problem": problem}
+
+    async def _read(self) -> dict[str, Section]:
         query = self.query
         if query.run is not None:
-            return {"run": encode(await self.reader.run(query.run))}
+            detail = await self.reader.run(query.run)
+            return {"run": (encode(msgspec.structs.replace(detail, now=0.0)), encode(detail))}
         if query.dlq is not None:
-            return {"dlq": encode(await self.reader.dlq(query.dlq or None))}
-        sections = {"overview": encode(await self.reader.overview())}
+            return {"dlq": _same(encode(await self.reader.dlq(query.dlq or None)))}
+        sections = {"overview": _same(encode(await self.reader.overview()))}
         head = await self.reader.head()
         if self._runs is None or head != self._head:
             page = await self.reader.runs(limit=query.limit, status=query.status, agent=query.agent)
             self._runs = encode(page)
-        sections["runs"] = self._runs
+        sections["runs"] = _same(self._runs)
         charts = await self._charts(head)
         if charts is not None:
-            sections["charts"] = charts
+            sections["charts"] = _same(charts)
         self._head = head
         return sections
 
@@ -138,3 +181,13 @@ class Feed:
             return None
         self._charts_at, self._charts_head = now, head
         return encode(await self.reader.charts())
+
+
+def _same(body: bytes) -> Section:
+    return body, body
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, AgentsWorkerError):
+        return f"cannot read Redis: {exc}"
+    return f"cannot show this page ({type(exc).__name__}: {exc}); the server's log has more"

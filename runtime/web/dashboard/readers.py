@@ -6,10 +6,10 @@
 
 Bounds: the recent runs read at most ``RUNS_WINDOW`` lifecycle events (``XREVRANGE`` in
 pages, :func:`runtime.observability.lifecycle.recent_runs`); a run's page reads its own record,
-at most ``EVENTS_MAX`` of its events and its trace's spans; the inboxes are those of the
-targets the supervisors report (``keys.targets()``, at most ``TARGETS_MAX``), never found with
-``KEYS`` or ``SCAN``; a dead-letter stream shows its ``LETTERS_MAX`` oldest letters (the
-bounds are in :mod:`runtime.web.dashboard.bounds`).
+at most ``EVENTS_MAX`` of its events and at most ``SPANS_MAX`` of its trace's spans; the
+inboxes are those of the targets the supervisors reported lately (``keys.targets()``, at most
+``TARGETS_MAX``), never found with ``KEYS`` or ``SCAN``; a dead-letter stream shows its
+``LETTERS_MAX`` oldest letters (the bounds are in :mod:`runtime.web.dashboard.bounds`).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from runtime.web.dashboard.views import (
 
 __all__ = ["DashboardReader"]
 
+TARGETS_HORIZON_MIN = 60.0
 BUCKET_MS = 60_000
 BUCKETS = 60
 _COUNTERS = (
@@ -91,9 +92,20 @@ class DashboardReader:
         ]
         return Overview(fleet=fleet, inboxes=inboxes, totals=await self.totals())
 
-    async def targets(self) -> list[str]:
-        """The targets the supervisors report serving (never found by scanning)."""
-        return (await read_targets(self.client, self.keys))[:TARGETS_MAX]
+    async def targets(self, *, recent: bool = True) -> list[str]:
+        """The targets the supervisors report serving (never found by scanning).
+
+        *recent*: only those a supervisor reported within :meth:`targets_horizon` (an inbox
+        nobody serves any more leaves the overview); else every target ever reported.
+        """
+        since = time.time() - self.targets_horizon() if recent else None
+        return (await read_targets(self.client, self.keys, since=since))[:TARGETS_MAX]
+
+    def targets_horizon(self) -> float:
+        """Seconds a target stays listed after its last report: three samples, at least
+        ``TARGETS_HORIZON_MIN`` (a supervisor reports its targets at every sample)."""
+        interval = self.settings.observability.sample_interval_seconds
+        return max(TARGETS_HORIZON_MIN, 3 * interval)
 
     async def totals(self) -> dict[str, float]:
         """Fleet-wide counters, summed over their labels."""
@@ -131,7 +143,7 @@ class DashboardReader:
 
     async def run(self, run_id: str) -> RunDetail:
         """One run's record, events and span waterfall (``run`` is ``None`` when unknown)."""
-        return await run_detail(self.client, self.keys, self.runs_store, run_id)
+        return await run_detail(self.client, self.keys, run_id)
 
     async def cancel(self, run_id: str) -> bool:
         """Ask a queued or running run to stop; ``False`` when it is unknown or over."""
@@ -189,8 +201,11 @@ class DashboardReader:
 
     # --- dead letters ------------------------------------------------------------------
     async def dlq(self, target: str | None = None) -> DlqView:
-        """Every target's dead-letter count; with *target*, its oldest letters too."""
-        targets = await self.targets()
+        """Every target's dead-letter count; with *target*, its oldest letters too.
+
+        Every target ever reported is counted, served now or not: dead letters outlive the
+        workers that wrote them."""
+        targets = await self.targets(recent=False)
         if target and target not in targets:
             targets = sorted([*targets, target])
         with translate_errors("read the dead-letter streams"):

@@ -140,18 +140,36 @@ class SpanRow(View, frozen=True, kw_only=True):
 
 
 class RunDetail(View, frozen=True, kw_only=True):
-    """Everything a run's page shows."""
+    """Everything a run's page shows.
+
+    Nothing in it changes with the clock alone (the live feed sends it again only when
+    Redis changed), except :attr:`now`: while the run is :attr:`running`, the page extends
+    the bars of spans still running (``end`` null) to the time it shows, from :attr:`now`.
+    """
 
     run_id: str
     run: RunRecord | None
+    """``None`` when the run is unknown or expired."""
+    running: bool
+    """The run is not over: spans still running go on until :attr:`now` and beyond."""
+    now: float
+    """The server's clock when this was read (unix seconds)."""
     trace_id: str | None
     trace: TraceSummary | None
     spans: list[SpanRow]
+    """Spans still running last until the trace's last end seen (the page extends them)."""
     spans_total: int
+    """Spans the trace holds; more than :attr:`spans_read` when some were left out."""
+    spans_read: int
+    """Spans read (at most ``SPANS_MAX``, of :attr:`spans_total`)."""
     trace_ms: float
     events: list[EventRow]
+    """The first events; an event that cannot be read is a row of type
+    ``event.unreadable`` (its data says why)."""
     events_total: int
     events_read: int
+    problems: list[str] = msgspec.field(default_factory=list)
+    """What could not be read (a field of the record, events): the rest is shown."""
 
 
 class DlqTarget(View, frozen=True, kw_only=True):

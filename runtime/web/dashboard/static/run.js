@@ -1,5 +1,6 @@
 /* A run's page: its record, its span tree as a waterfall and its events, fed by
-   /api/stream?run=<id> (sent again only when something changed). */
+   /api/stream?run=<id> (sent again only when something changed: while the run runs, the
+   page itself extends the bars of spans still running, from the server's `now`). */
 "use strict";
 
 (() => {
@@ -8,7 +9,9 @@
   const runId = decodeURIComponent(location.pathname.replace(/^\/runs\//, "").replace(/\/$/, ""));
   const KINDS = ["submit", "inbox", "attempt", "retry", "dead_letter", "task", "agent", "turn",
     "generation", "response", "function", "handoff", "guardrail", "custom"];
+  const BAD_EVENTS = ["run.failed", "event.unreadable"];
   let current = null;
+  let receivedAt = 0;
 
   document.title = "agents-worker · run " + runId;
   $("run-id").textContent = runId;
@@ -92,9 +95,23 @@
     return row;
   }
 
+  /* The waterfall as of now: while the run runs, a span still running (end null) lasts until
+     the server's `now` plus the time since it was received. */
+  function asOfNow(data) {
+    if (!data.running || !data.spans.length) return data;
+    const now = data.now + (performance.now() - receivedAt) / 1000;
+    const begin = data.spans[0].start - data.spans[0].offset_ms / 1000;
+    const spans = data.spans.map((s) => s.end !== null ? s
+      : Object.assign({}, s, { duration_ms: Math.max(s.duration_ms, (now - s.start) * 1000) }));
+    return Object.assign({}, data, { spans, trace_ms: Math.max(data.trace_ms, (now - begin) * 1000) });
+  }
+
   function renderTrace(data) {
     const box = $("waterfall");
-    $("trace-id").textContent = data.trace_id ? "trace " + data.trace_id : "";
+    const cut = data.spans_total > data.spans_read
+      ? " · " + number(data.spans_read) + " of " + number(data.spans_total) + " spans shown (the rest left out)"
+      : "";
+    $("trace-id").textContent = data.trace_id ? "trace " + data.trace_id + cut : "";
     if (!data.spans.length) {
       box.replaceChildren(el("div", { class: "empty" }, data.trace_id
         ? "No spans recorded yet for this trace (spans are written in batches; tracing may be off)."
@@ -149,18 +166,24 @@
     box.replaceChildren(...data.events.map((e) => el("div", { class: "ev" },
       el("span", { class: "t" }, AW.clock(e.at)),
       el("span", { class: "type" }, e.type === "message.delta" ? "message.delta ×" + e.count : e.type),
-      el("span", { class: "d" + (e.type === "run.failed" ? " error-text" : "") }, AW.short(eventText(e), 600)))));
+      el("span", { class: "d" + (BAD_EVENTS.includes(e.type) ? " error-text" : "") }, AW.short(eventText(e), 600)))));
   }
 
   function render(data) {
     current = data;
-    AW.setBanner(null);
+    receivedAt = performance.now();
+    const problems = data.problems || [];
+    AW.setBanner(problems.length ? "Part of this run cannot be read: " + problems.join("; ") : null);
     $("missing").hidden = data.run !== null;
     $("record").hidden = data.run === null;
     if (data.run) renderRecord(data.run);
-    renderTrace(data);
+    renderTrace(asOfNow(data));
     renderEvents(data);
   }
+
+  setInterval(() => {
+    if (current && current.running && current.spans.length) renderTrace(asOfNow(current));
+  }, 1000);
 
   $("cancel").addEventListener("click", async () => {
     if (!current || !current.run) return;
