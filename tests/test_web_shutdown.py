@@ -3,12 +3,15 @@
 ``serve`` sets ``WebState.closing`` before it tells uvicorn to exit, and the live feed returns
 on it, so the response ends with its last chunk instead of holding the server for its grace
 period and then being cancelled (``ERROR Cancel 1 running task(s)``, "Exception in ASGI
-application" and a traceback). Checked with real processes: ``agents-worker run`` stopped
-with SIGTERM and ``agents-worker dashboard`` with SIGINT, each with a stream held open.
+application" and a traceback). Checked with real processes, each with a stream held open:
+``agents-worker run`` stopped with SIGTERM, ``agents-worker dashboard`` with SIGINT and
+``agents-worker demo`` with Enter.
 """
 
 from __future__ import annotations
 
+import os
+import pty
 import signal
 import socket
 import threading
@@ -20,6 +23,7 @@ import pytest
 from runtime import Keys
 from tests.conftest import free_port
 from tests.supervision import FAST, Running, supervise, supervisors
+from tests.test_demo import ADDRESS, Output, _demo
 from tests.test_web_command import _dashboard
 
 CANCEL_PATH = ("Traceback", "ERROR", "Cancel ", "Exception in ASGI application")
@@ -106,5 +110,26 @@ def test_sigint_to_the_dashboard_ends_an_open_live_stream(redis_url: str, keys: 
         if out.proc.poll() is None:
             out.proc.kill()
     assert out.lines[-1] == "Dashboard stopped."
+    _no_cancel_path(out.text)
+    _ended_by_itself(stream.finish())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_enter_in_the_demo_ends_an_open_live_stream(redis_url: str, keys: Keys) -> None:
+    main, terminal = pty.openpty()
+    try:
+        out = Output(_demo(redis_url, keys, terminal))
+        out.wait_for(r"The dashboard stays up at \S+: press Enter to stop\.")
+        address = ADDRESS.search(out.text)
+        assert address is not None
+        stream = LiveStream(int(address.group(1).rsplit(":", 1)[1].rstrip("/")))
+        stream.wait_for(b"event: overview")
+        os.write(main, b"\n")  # Enter
+        assert out.finish(90) == 0, out.text[-3000:]
+    finally:
+        os.close(main)
+        os.close(terminal)
+    assert "Demo finished: every run completed" in out.text
     _no_cancel_path(out.text)
     _ended_by_itself(stream.finish())
