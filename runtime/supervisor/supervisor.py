@@ -20,7 +20,8 @@
   the running workers can take and removes one after ``scale_down_after_seconds`` of low backlog;
 - serves ``/healthz``, ``/readyz`` (503 while no worker is ready or every ready one is paused
   by a Redis fault), ``/metrics`` (the fleet's figures from Redis and its own) and, with
-  ``web.dashboard``, the dashboard (:mod:`runtime.web`); a port in use is one clear error;
+  ``web.dashboard``, the dashboard (:mod:`runtime.web`); a port in use, or an address not of
+  this host, is one clear error naming the setting at fault;
 - samples its inboxes' lag, pending and oldest pending age and publishes its workers to the
   fleet every ``observability.sample_interval_seconds`` (:mod:`runtime.supervisor.sampler`);
 - on SIGTERM/SIGINT passes SIGTERM on, waits for the workers to drain, and exits 0.
