@@ -19,6 +19,7 @@ runs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,20 @@ class DeadLetter:
             for k, v in text.items()
             if k not in _RECORD_FIELDS and k != ENVELOPE_FIELD.decode()
         }
+
+        def number(name: str) -> float:
+            # a letter written by hand (or by another tool) may hold anything: it is still
+            # listed, its unreadable figure kept as text among its other fields
+            raw = get(name)
+            try:
+                value = float(raw or 0)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                extra[name] = raw
+                return 0
+            return value
+
         return cls(
             id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
             target=get("target"),
@@ -86,10 +101,10 @@ class DeadLetter:
             error=get("error"),
             task_id=get("task_id"),
             entry_id=get("entry_id"),
-            deliveries=int(get("deliveries") or 0),
-            attempts=int(get("attempts") or 0),
+            deliveries=int(number("deliveries")),
+            attempts=int(number("attempts")),
             consumer=get("consumer"),
-            failed_at=float(get("failed_at") or 0),
+            failed_at=number("failed_at"),
             envelope=fields.get(ENVELOPE_FIELD),
             extra=extra,
             detail=get("detail"),

@@ -189,3 +189,20 @@ async def test_dlq_list_prints_a_letters_texts_literally(
     assert listed.returncode == 0, listed.stderr
     assert "[/INST]" in listed.stdout and "[bold red]x[/]" in listed.stdout
     assert "[link=http://e]y[/link]" in listed.stdout
+
+
+async def test_a_letter_with_unreadable_figures_is_still_listed(
+    cli_args: list[str], client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    """A letter written by another tool with a count that is not a number is listed (its
+    figure kept as text), not a crash of every reader of the stream."""
+    await client.xadd(
+        keys.dlq("fatal"),
+        {"reason": "failed", "deliveries": "abc", "attempts": "1e400", "failed_at": "soon"},
+    )
+    [letter] = await DeadLetters(client, keys=keys).read("fatal")
+    assert (letter.deliveries, letter.attempts, letter.failed_at) == (0, 0, 0)
+    assert letter.extra == {"deliveries": "abc", "attempts": "1e400", "failed_at": "soon"}
+    listed = run_cli(*cli_args, "dlq", "list", "fatal")
+    assert listed.returncode == 0, listed.stderr
+    assert "failed" in listed.stdout
