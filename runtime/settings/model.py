@@ -346,7 +346,9 @@ class SupervisorSettings(Section, frozen=True, kw_only=True):
         Meta(
             description="Address of the `/healthz`, `/readyz` and `/metrics` endpoints and, "
             "with `web.dashboard`, the dashboard. Keep it on loopback unless a proxy in front "
-            "of it checks who comes in: the pages show runs' inputs and results."
+            "of it checks who comes in: the pages show runs' inputs and results. On a loopback "
+            "address the Host header is checked as for `web.host`; the images in `deploy/` "
+            "bind 0.0.0.0 and set `web.dashboard = false`."
         ),
     ] = "127.0.0.1"
     http_port: Annotated[

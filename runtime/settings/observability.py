@@ -119,7 +119,12 @@ class WebSettings(Section, frozen=True, kw_only=True):
 
     host: Annotated[
         str,
-        Meta(description="Address `agents-worker dashboard` listens on."),
+        Meta(
+            description="Address `agents-worker dashboard` listens on. On a loopback address "
+            "(127.0.0.0/8, ::1, localhost) a request must name localhost, 127.0.0.1, [::1] or "
+            "this address in its Host header (others get 400: no DNS rebinding); on any other "
+            "address nothing is checked, so put an authenticating proxy in front."
+        ),
     ] = "127.0.0.1"
     port: Annotated[
         int,
