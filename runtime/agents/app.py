@@ -155,7 +155,7 @@ class AgentApp(App):
 
     async def _dead_lettered(self, info: DeadLetterContext) -> None:
         """A run whose entry was dead-lettered ends as failed, so nobody waits for it (and
-        its conversation moves past it)."""
+        its conversation moves past it); one that had ended keeps its outcome."""
         runs = RunStore(
             info.redis, info.keys, info.settings.runs,
             events_maxlen=info.settings.observability.events_maxlen,
@@ -183,8 +183,13 @@ class AgentApp(App):
         def also(pipe: Any) -> None:
             append_lifecycle(pipe, info.keys, maxlen, event)
 
+        if not await runs.store(result, also=also):
+            # the run had ended (e.g. completed: a late letter): its outcome stands, and has
+            # the last word in the feed, after the 'failed' queued with the refused store
+            await runs.feed_outcome(request.run_id)
+            return
         tel = info.telemetry
-        if await runs.store(result, also=also) and tel is not None and tel.metering:
+        if tel is not None and tel.metering:
             tel.metrics.count("runs_failed", 1, agent=request.agent)
 
 

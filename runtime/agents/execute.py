@@ -14,7 +14,9 @@ its own:
    (:mod:`runtime.agents.companion`);
 3. one that ends the turn (writing the run's items into the conversation, only when the
    run completed), stores the result with the events not written yet and the terminal
-   event, publishes ``AGENT_STARTED``, ``AGENT_COMPLETED`` / ``ERROR`` and in-run handoffs
+   event (on the run's stream and the lifecycle feed; when the record refuses the result,
+   the run having ended already, a second round trip restates its outcome in the feed),
+   publishes ``AGENT_STARTED``, ``AGENT_COMPLETED`` / ``ERROR`` and in-run handoffs
    on the coordination stream, and acks the work entry (with a script Redis refuses when
    it refuses the result).
 
@@ -338,6 +340,9 @@ async def _finish(
         log.warning("run.turn_not_written", run=request.run_id, why=why)
     if not stored:
         log.warning("run.finished_elsewhere", run=request.run_id)
+        # the feed got this attempt's outcome with the refused write: the record's has the
+        # last word there
+        await res.runs.feed_outcome(request.run_id)
         return
     observe.finished(run.ctx, result)
     log.info("run.finished", run=request.run_id, status=status, error=error)

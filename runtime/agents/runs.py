@@ -31,9 +31,10 @@ from runtime.agents.resend import send_resending_safe
 from runtime.agents.run_scripts import CANCEL, EMIT, ENQUEUE_RUN, FINISH, REQUEUE, SUBMIT_RECORD
 from runtime.dlq import REPLAY_HEADER
 from runtime.envelope import Envelope
+from runtime.errors import RedisError
 from runtime.keys import Keys
 from runtime.log import get_logger
-from runtime.observability.lifecycle import LifecycleEvent, append_lifecycle
+from runtime.observability.lifecycle import LifecycleEvent, append_lifecycle, recorded_event
 from runtime.observability.tracecontext import parse_traceparent
 from runtime.redis.connection import (
     Batch,
@@ -57,6 +58,7 @@ _encode = msgspec.json.Encoder().encode
 _TERMINAL = frozenset(status.encode() for status in TERMINAL_STATUS)
 _COUNT = 500  # events per read
 _PEEKED = ["status", "cancel_requested"]
+_FED = ["status", "agent", "session_id", "worker", "error", "started_at", "finished_at", "trace_id"]
 
 
 class RunStore:
@@ -360,7 +362,8 @@ class RunStore:
 
     async def store(self, result: RunResult, *, also: Also = None) -> bool:
         """Store *result* and its terminal event now (*also* queues more in the same round
-        trip, e.g. a lifecycle event); ``False`` when the run had ended."""
+        trip, e.g. a lifecycle event); ``False`` when the run had ended (a lifecycle event
+        queued by *also* then needs :meth:`feed_outcome`)."""
 
         def fill(pipe: Any) -> None:
             self.finish(pipe, result)
@@ -371,6 +374,26 @@ class RunStore:
         with translate_errors("store a run result"):
             first_error([reply])
         return bool(reply)
+
+    async def feed_outcome(self, run_id: str) -> None:
+        """Append what the run's record says to the lifecycle feed (best effort, two round
+        trips): after a write whose result the record refused (the run had ended: another
+        attempt's or a dead letter's result stands) but whose own terminal event went to the
+        feed in the same round trip (the feed's stream is in another slot than the record,
+        so no script can tie them); the feed's latest word on the run is then the record's
+        (see :func:`~runtime.observability.lifecycle.recorded_event`)."""
+        try:
+            with translate_errors("restate a run's outcome in the lifecycle feed"):
+                raw: Any = await self._client.hmget(self._keys.run(run_id), _FED)
+                record = {n: _text(v) for n, v in zip(_FED, raw, strict=True) if v is not None}
+                event = recorded_event(run_id, record)
+                if event is None:
+                    return
+                async with self._client.pipeline(transaction=False) as pipe:
+                    append_lifecycle(pipe, self._keys, self._events_maxlen, event)
+                    await pipe.execute()
+        except RedisError as exc:
+            log.warning("run.feed_write_failed", run=run_id, error=str(exc))
 
     async def read_events(
         self, run_id: str, after: str = "0-0", *, block_ms: int | None = None, count: int = _COUNT
@@ -384,6 +407,10 @@ class RunStore:
         self, batch: Batch, run_id: str, after: str, *, block_ms: int | None, count: int
     ) -> None:
         batch.xread({self._keys.run_events(run_id): after}, count=count, block=block_ms)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 async def requeue_for_replay(

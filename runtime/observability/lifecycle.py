@@ -7,6 +7,9 @@ with string fields ``run``, ``agent``, ``status`` (``queued``, ``running``, ``co
 :data:`MAX_ERROR` characters). Writers queue an event on the pipeline of a write they make
 anyway (:func:`append_lifecycle`): the submit queues ``queued``, the worker ``running`` with
 the write that marks the run's record running, and the terminal status with the run's result.
+A writer whose result the record refused (the run had ended: another attempt's outcome or a
+dead letter's stands) appends the record's own status after it (:func:`recorded_event`), so
+the feed's latest word on a run is always the record's.
 
 Readers get one row per run, its latest status (:func:`recent_runs`), from a bounded read of
 the newest entries: never ``KEYS`` or ``SCAN``, whatever the number of runs in Redis::
@@ -33,6 +36,7 @@ __all__ = [
     "RunSummary",
     "append_lifecycle",
     "recent_runs",
+    "recorded_event",
 ]
 
 LifecycleStatus = Literal["queued", "running", "completed", "failed", "cancelled", "requeued"]
@@ -93,6 +97,30 @@ def append_lifecycle(pipe: Any, keys: Keys, maxlen: int, event: LifecycleEvent) 
         error = event.error
         command += ["error", error if len(error) <= MAX_ERROR else error[: MAX_ERROR - 1] + "…"]
     pipe.execute_command(*command)
+
+
+def recorded_event(run: str, record: dict[str, str]) -> LifecycleEvent | None:
+    """The event that restates what a run's *record* (its hash's fields, as text) says of
+    it: its outcome when it ended, at its end time; ``requeued`` when it no longer says so
+    (a replay put it back: the feed follows its next attempt); ``None`` when the record is
+    gone or says nothing usable."""
+    status = record.get("status")
+    if not status or status not in STATUSES:
+        return None
+    ended = status in _TERMINAL
+    started, finished = _number(record.get("started_at")), _number(record.get("finished_at"))
+    duration = (finished - started) * 1000 if ended and started and finished else None
+    return LifecycleEvent(
+        run=run,
+        agent=record.get("agent", ""),
+        status=status if ended else "requeued",  # type: ignore[arg-type]
+        at=(finished or 0.0) if ended else 0.0,
+        session=record.get("session_id") or None,
+        trace=record.get("trace_id") or None,
+        worker=record.get("worker") or None,
+        duration_ms=duration,
+        error=(record.get("error") or None) if ended else None,
+    )
 
 
 class _Row:
