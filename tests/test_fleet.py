@@ -19,6 +19,7 @@ import redis.asyncio
 
 from runtime import Keys
 from runtime.observability.fleet import (
+    TARGETS_FORGOTTEN_AFTER,
     FleetMember,
     WorkerInfo,
     publish_member,
@@ -103,6 +104,23 @@ async def test_targets_served(client: redis.asyncio.Redis, keys: Keys) -> None:
     await touch_targets(client, keys, [])
     assert await read_targets(client, keys) == ["billing", "echo", "triage"]
     assert await read_targets(client, keys, since=1500.0) == ["echo", "triage"]
+
+
+async def test_targets_nobody_served_for_a_week_are_forgotten(
+    client: redis.asyncio.Redis, keys: Keys
+) -> None:
+    """keys.targets() is bounded: a report drops the targets last served over
+    TARGETS_FORGOTTEN_AFTER (7 days) before it, in the same round trip."""
+    now = time.time()
+    week = TARGETS_FORGOTTEN_AFTER
+    await touch_targets(client, keys, ["gone"], now=now - week - 60)
+    await touch_targets(client, keys, ["kept"], now=now - week + 60)
+    assert await read_targets(client, keys) == ["gone", "kept"]  # nothing newer reported yet
+    await touch_targets(client, keys, ["triage"], now=now)
+    assert await read_targets(client, keys) == ["kept", "triage"]
+    assert await client.zcard(keys.targets()) == 2
+    await touch_targets(client, keys, ["triage"], now=now + 120)  # 'kept' is 7 days old now
+    assert await read_targets(client, keys) == ["triage"]
 
 
 def _consumers(run: Running) -> dict[int, str]:

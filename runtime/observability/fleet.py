@@ -18,7 +18,9 @@ instances scored by their last heartbeat (unix seconds), so a reader finds the m
 SCAN. A member whose hash expired is gone (a killed supervisor disappears after its TTL); the
 zset is trimmed of long-dead members by every heartbeat. ``keys.targets()`` is a zset of the
 targets served, scored by when a supervisor last served them: the views pass it to
-:func:`runtime.streams.stream_status` instead of scanning for inboxes.
+:func:`runtime.streams.stream_status` instead of scanning for inboxes. It is bounded by time:
+every report drops the targets nobody served for :data:`TARGETS_FORGOTTEN_AFTER` (7 days), so
+it holds the targets served within the last 7 days (a read returns at most 10,000 of them).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from runtime.keys import Keys
 from runtime.redis.connection import translate_errors
 
 __all__ = [
+    "TARGETS_FORGOTTEN_AFTER",
     "WORKER_STATES",
     "FleetMember",
     "WorkerInfo",
@@ -61,6 +64,9 @@ _MAX_MEMBERS = 1000
 """Most members a read looks at (newest heartbeats first): a bound, never reached in
 practice."""
 _MAX_TARGETS = 10_000
+TARGETS_FORGOTTEN_AFTER = 7 * 24 * 3600.0
+"""Seconds after which a target nobody serves leaves ``keys.targets()`` (its inbox and dead
+letters stay: this only bounds the list of names)."""
 _FORGET_AFTER = 600.0
 """A member whose last heartbeat is this much older than its TTL is dropped from the zset
 (the margin allows for hosts whose clocks disagree)."""
@@ -164,12 +170,16 @@ async def read_fleet(client: redis.asyncio.Redis, keys: Keys) -> list[FleetMembe
 async def touch_targets(
     client: redis.asyncio.Redis, keys: Keys, targets: list[str], *, now: float | None = None
 ) -> None:
-    """Mark *targets* as served now (one command)."""
+    """Mark *targets* as served now (*now*: unix seconds), and forget those nobody served
+    for :data:`TARGETS_FORGOTTEN_AFTER` before it, in one round trip."""
     if not targets:
         return
     at = time.time() if now is None else now
     with translate_errors("record the targets served"):
-        await client.zadd(keys.targets(), dict.fromkeys(targets, at))
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.targets(), dict.fromkeys(targets, at))
+            pipe.zremrangebyscore(keys.targets(), "-inf", f"({at - TARGETS_FORGOTTEN_AFTER!r}")
+            await pipe.execute()
 
 
 async def read_targets(
