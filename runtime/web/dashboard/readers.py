@@ -96,7 +96,8 @@ class DashboardReader:
         """The targets the supervisors report serving (never found by scanning).
 
         *recent*: only those a supervisor reported within :meth:`targets_horizon` (an inbox
-        nobody serves any more leaves the overview); else every target reported in the last 7 days (the targets set forgets older ones).
+        nobody serves any more leaves the overview); else every target reported in the last
+        7 days (the targets set forgets older ones).
         """
         since = time.time() - self.targets_horizon() if recent else None
         return (await read_targets(self.client, self.keys, since=since))[:TARGETS_MAX]
@@ -203,8 +204,8 @@ class DashboardReader:
     async def dlq(self, target: str | None = None) -> DlqView:
         """Every target's dead-letter count; with *target*, its oldest letters too.
 
-        Every target reported in the last 7 days is counted, served now or not: dead letters outlive the
-        workers that wrote them."""
+        Every target reported in the last 7 days is counted, served now or not: dead letters
+        outlive the workers that wrote them."""
         targets = await self.targets(recent=False)
         if target and target not in targets:
             targets = sorted([*targets, target])
