@@ -60,11 +60,14 @@ async def test_list_traces_pages_filters_and_keeps_one_row_per_trace(
     for n, tid in enumerate(tids):
         name = "billing run" if n % 2 else "triage run"
         recorder.end_trace(TraceSummary(trace_id=tid, name=name, start=n, end=n + 1, status="ok"))
-    # the same trace's summary again (e.g. a retried flush): listed once, newest first
-    recorder.end_trace(TraceSummary(trace_id=tids[0], name="triage run", start=0, end=9))
-    for n in range(3):  # spans of the first trace: counted when listed
-        recorder.span(tids[0], f"s{n}", "custom", start=n, end=n + 1.0)
     await recorder.flush(client)
+    # the same trace's summary again, from another process (another run of the trace ended
+    # there; one process writes one entry per trace): listed once, newest first
+    other = TraceRecorder(keys, settings)
+    other.end_trace(TraceSummary(trace_id=tids[0], name="triage run", start=0, end=9))
+    for n in range(3):  # spans of the first trace: counted when listed
+        other.span(tids[0], f"s{n}", "custom", start=n, end=n + 1.0)
+    await other.flush(client)
     store = TraceStore(client, keys)
     listed = await store.list_traces()
     assert [s.trace_id for s in listed] == [tids[0], *reversed(tids[1:])]

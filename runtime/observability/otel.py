@@ -29,15 +29,16 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Tracer, TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, Tracer, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
 
 from runtime.errors import ConfigError
 from runtime.log import get_logger
 from runtime.observability.spans import SpanRecord, clip
+from runtime.observability.tracecontext import is_sampled
 
 if TYPE_CHECKING:
     from runtime.settings import Settings
@@ -54,6 +55,7 @@ _FIXED: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
     "aw_otel_fixed_ids", default=None
 )
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 
 
 def otel_span_id(span_id: str) -> str:
@@ -68,11 +70,11 @@ def otel_span_id(span_id: str) -> str:
 
 
 class _FixedIds(IdGenerator):
-    """Gives the ids the bridge asks for (set in a context variable around ``start_span``),
-    else those of the tracer's own generator."""
+    """Gives the ids the bridge asks for (set in a context variable around ``start_span``);
+    the bridge's own tracer provider is made with it (``TracerProvider(id_generator=…)``)."""
 
-    def __init__(self, fallback: IdGenerator) -> None:
-        self.fallback = fallback
+    def __init__(self) -> None:
+        self.fallback = RandomIdGenerator()
 
     @contextlib.contextmanager
     def fixed(self, trace_id: int, span_id: int) -> Iterator[None]:
@@ -89,6 +91,19 @@ class _FixedIds(IdGenerator):
     def generate_trace_id(self) -> int:
         ids = _FIXED.get()
         return ids[0] if ids is not None else self.fallback.generate_trace_id()
+
+    def is_trace_id_random(self) -> bool:
+        return False  # ours may be made from a task's id (trace_id_for)
+
+
+def _span_processor(provider: TracerProvider) -> SpanProcessor:
+    """The span processor of the app's *provider* (all it was given, and any it is given
+    later), as its tracers hold it (``Tracer.span_processor``)."""
+    tracer = provider.get_tracer("agents-worker")
+    processor = getattr(tracer, "span_processor", None)
+    if not isinstance(tracer, Tracer) or not isinstance(processor, SpanProcessor):
+        raise ConfigError("the OpenTelemetry tracer provider is not the SDK's")  # pragma: no cover
+    return processor
 
 
 def _otel_value(value: Any) -> Any:
@@ -131,7 +146,14 @@ def _exporter(obs: ObservabilitySettings) -> SpanExporter:
 
 
 class OTelBridge:
-    """Sends ended :class:`SpanRecord` s to an OpenTelemetry ``TracerProvider``."""
+    """Sends ended :class:`SpanRecord` s to an OpenTelemetry ``TracerProvider``.
+
+    The spans keep our ids: they are made by a tracer provider of the bridge's own, built
+    with an id generator that gives them (``TracerProvider(id_generator=…)``, public API;
+    one provider per bridge, nothing of the app's is changed). For the app's own *provider*
+    (``owned=False``), that provider of ours shares its sampler, resource and span
+    processor, so the spans go through the app's exporters and its sampling decisions.
+    """
 
     def __init__(
         self, provider: TracerProvider, *, resource: dict[str, str] | None = None, owned: bool
@@ -139,12 +161,15 @@ class OTelBridge:
         self.provider = provider
         self.resource = dict(resource or {})
         self.owned = owned
-        tracer = provider.get_tracer("agents-worker")
-        if not isinstance(tracer, Tracer):  # pragma: no cover - an SDK provider's tracer
-            raise ConfigError("the OpenTelemetry tracer provider is not the SDK's")
-        self._ids = _FixedIds(tracer.id_generator)
-        tracer.id_generator = self._ids
-        self._tracer = tracer
+        self._ids = _FixedIds()
+        emitter = TracerProvider(
+            sampler=provider.sampler,
+            resource=provider.resource,
+            id_generator=self._ids,
+            shutdown_on_exit=False,  # the processors are *provider*'s: it shuts them down
+        )
+        emitter.add_span_processor(_span_processor(provider))
+        self._tracer = emitter.get_tracer("agents-worker")
 
     @classmethod
     def from_settings(
@@ -172,13 +197,17 @@ class OTelBridge:
 
     def export(self, span: SpanRecord) -> None:
         """Send one ended span (a running one is ignored): same trace id, its 16-hex span id,
-        its parent link, start and end, attributes and status."""
+        its parent link, start and end, attributes and status. The parent is sampled unless
+        its trace came in a context that was not
+        (:func:`~runtime.observability.tracecontext.is_sampled`): the provider's sampler
+        decides as for any child of it."""
         if span.end is None:
             return
         trace_id = int(span.trace_id, 16)
         context = Context()
         if span.parent_id:
-            parent = SpanContext(trace_id, int(otel_span_id(span.parent_id), 16), True, _SAMPLED)
+            flags = _SAMPLED if is_sampled(span.trace_id) else _NOT_SAMPLED
+            parent = SpanContext(trace_id, int(otel_span_id(span.parent_id), 16), True, flags)
             context = trace.set_span_in_context(NonRecordingSpan(parent), Context())
         with self._ids.fixed(trace_id, int(otel_span_id(span.span_id), 16)):
             otel = self._tracer.start_span(

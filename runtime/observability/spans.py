@@ -20,8 +20,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -29,8 +29,20 @@ import msgspec
 from runtime.errors import RedisError
 from runtime.keys import Keys
 from runtime.log import get_logger
+from runtime.observability.trace_budget import MAX_SPANS_PER_TRACE, Booked, TraceBook
+from runtime.observability.trace_model import (
+    MAX_ATTR_CHARS,
+    Deferred,
+    Pending,
+    SpanRecord,
+    SpanStatus,
+    TraceSummary,
+    clip,
+    resolve,
+    summary_fields,
+)
 from runtime.observability.tracecontext import new_span_id
-from runtime.redis.connection import translate_errors
+from runtime.redis.connection import Batch, first_error, run_batch, translate_errors
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -40,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_ATTR_CHARS",
     "MAX_BUFFERED_SPANS",
+    "MAX_SPANS_PER_TRACE",
     "Deferred",
     "SpanListener",
     "SpanRecord",
@@ -54,120 +67,16 @@ __all__ = [
 
 log = get_logger(__name__)
 
-SpanStatus = Literal["ok", "error", "running"]
-
-#: Longest text kept in one attribute or error (characters); longer text is cut and marked.
-MAX_ATTR_CHARS = 4096
 #: Spans a recorder buffers at most between flushes; beyond it the oldest are dropped.
 MAX_BUFFERED_SPANS = 20_000
-_MAX_DEPTH = 4
-_MAX_ITEMS = 100
 _FINAL_FLUSH_SECONDS = 5.0
-
-
-class SpanRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One span of a trace, as stored in Redis (JSON) and served by the API."""
-
-    trace_id: str
-    span_id: str
-    parent_id: str | None = None
-    name: str
-    kind: str
-    start: float
-    end: float | None = None
-    status: SpanStatus = "running"
-    error: str | None = None
-    attrs: dict[str, Any] = msgspec.field(default_factory=dict)
-
-    @property
-    def duration(self) -> float | None:
-        """Seconds from start to end; None while the span runs."""
-        return None if self.end is None else max(0.0, self.end - self.start)
-
-
-class TraceSummary(msgspec.Struct, frozen=True, kw_only=True):
-    """What one trace was: its name, run, agent, times, outcome and number of spans."""
-
-    trace_id: str
-    name: str
-    run_id: str | None = None
-    agent: str | None = None
-    start: float
-    end: float | None = None
-    status: SpanStatus = "running"
-    error: str | None = None
-    spans: int = 0
 
 
 SpanListener = Callable[[SpanRecord], None]
 
 
-class Deferred:
-    """A span to be built at the next flush, in a worker thread: what the SDK's processor
-    records, so converting its spans costs the agent's loop nothing."""
-
-    __slots__ = ("_make", "_value", "ended")
-
-    def __init__(self, make: Callable[[], SpanRecord], *, ended: bool) -> None:
-        self._make: Callable[[], SpanRecord] | None = make
-        self._value: SpanRecord | None = None
-        self.ended = ended
-
-    def get(self) -> SpanRecord | None:
-        """The span (built once); None when building it failed (logged)."""
-        make = self._make
-        if make is not None:
-            self._make = None
-            try:
-                self._value = make()
-            except Exception:
-                log.exception("tracing.span_unreadable")
-        return self._value
-
-
-Pending = SpanRecord | Deferred
-
-
-def _resolve(items: Iterable[Pending]) -> list[SpanRecord]:
-    out = []
-    for item in items:
-        span = item.get() if isinstance(item, Deferred) else item
-        if span is not None:
-            out.append(span)
-    return out
-
-
 _ENCODER = msgspec.json.Encoder()
-
-
-def clip(value: Any, limit: int = MAX_ATTR_CHARS, _depth: int = 0) -> Any:
-    """*value* with every text longer than *limit* characters cut (and marked as cut),
-    containers cut to 100 items and 4 levels; numbers, booleans and None as they are."""
-    if isinstance(value, str):
-        if len(value) <= limit:
-            return value
-        return value[:limit] + f"… [cut: {len(value)} characters]"
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    if _depth >= _MAX_DEPTH:
-        return clip(repr(value), limit)
-    if isinstance(value, dict):
-        items = list(value.items())[:_MAX_ITEMS]
-        return {str(k): clip(v, limit, _depth + 1) for k, v in items}
-    if isinstance(value, (list, tuple)):
-        return [clip(v, limit, _depth + 1) for v in value[:_MAX_ITEMS]]
-    return clip(str(value), limit)
-
-
-def _field(value: object) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def summary_fields(summary: TraceSummary) -> dict[str, str]:
-    """The summary as the string fields of its hash and of its recent-traces entry (None
-    fields are left out)."""
-    fields = msgspec.structs.asdict(summary)
-    return {k: _field(v) for k, v in fields.items() if v is not None}
+_OPTIONAL = ("run_id", "agent", "error")  # summary fields a merged summary may lose
 
 
 def queue_span(pipe: Any, keys: Keys, span: SpanRecord, ttl_ms: int) -> None:
@@ -191,25 +100,68 @@ def queue_summary(
 
 
 class _Buffer:
-    """What a recorder holds between flushes (guarded by the recorder's lock)."""
+    """What a recorder holds between flushes (guarded by the recorder's lock): what was
+    recorded, and what a flush that failed had admitted (sent first by the next one)."""
 
-    __slots__ = ("ended", "spans", "started", "summaries")
+    __slots__ = ("ended", "kept", "kept_summaries", "spans", "started", "summaries")
 
     def __init__(self) -> None:
         self.spans: deque[Pending] = deque()
         self.started: deque[TraceSummary] = deque()
         self.summaries: deque[TraceSummary] = deque()
         self.ended: deque[Pending] = deque()
+        self.kept: deque[SpanRecord] = deque()
+        self.kept_summaries: deque[Booked] = deque()
+
+
+class _Taken(msgspec.Struct):
+    """What one flush took out of the buffer."""
+
+    spans: list[Pending]
+    started: list[TraceSummary]
+    summaries: list[TraceSummary]
+    ended: list[Pending]
+    kept: list[SpanRecord]
+    kept_summaries: list[Booked]
+
+    def empty(self) -> bool:
+        return not (
+            self.spans or self.started or self.summaries or self.ended or self.kept
+            or self.kept_summaries
+        )  # fmt: skip
+
+
+class _Prepared(msgspec.Struct):
+    """One flush's writes: the spans and summaries admitted, encoded as one batch."""
+
+    spans: list[SpanRecord]
+    summaries: list[Booked]
+    batch: Batch
+
+    def count(self) -> int:
+        return len(self.spans) + len(self.summaries)
+
+
+def _cap(items: deque[Any], limit: int) -> int:
+    """Drop the oldest of *items* beyond *limit*; how many were dropped."""
+    excess = len(items) - limit
+    for _ in range(max(0, excess)):
+        items.popleft()
+    return max(0, excess)
 
 
 class TraceRecorder:
     """Buffers spans and trace summaries (sync, thread-safe, no I/O) and writes them to Redis
-    in one pipeline per flush.
+    in one round trip per flush.
 
-    The buffer is bounded (*max_spans*): beyond it the oldest spans are dropped, counted in
-    :attr:`dropped` and logged once per episode. A flush that fails keeps its batch for the
-    next one. Made with ``observability.tracing`` off, it writes nothing (listeners still get
-    ended spans, e.g. for metrics).
+    The buffer is bounded (*max_spans* spans, as many begun and as many ended traces): beyond
+    it the oldest are dropped, counted in :attr:`dropped` and logged once per episode; so is
+    the queue of ended spans for the listeners (:attr:`listener_dropped`). Each trace is
+    bounded too (:class:`~runtime.observability.trace_budget.TraceBook`: at most
+    *max_spans_per_trace* spans per trace id, one recent-traces entry per trace id). A flush
+    that fails or is cancelled keeps what it had admitted for the next one. Made with
+    ``observability.tracing`` off, it writes nothing (listeners still get ended spans, e.g.
+    for metrics).
     """
 
     def __init__(
@@ -221,6 +173,7 @@ class TraceRecorder:
         stream: str | None = None,
         ttl_seconds: float | None = None,
         max_spans: int = MAX_BUFFERED_SPANS,
+        max_spans_per_trace: int = MAX_SPANS_PER_TRACE,
     ) -> None:
         obs = settings.observability
         self.keys = keys
@@ -233,10 +186,13 @@ class TraceRecorder:
         self.ttl_ms = max(1, int(ttl * 1000))
         self.max_spans = max_spans
         self.dropped = 0
+        self.listener_dropped = 0
+        self.book = TraceBook(max_spans_per_trace)
         self._lock = threading.Lock()
         self._buf = _Buffer()
         self._listeners: list[SpanListener] = []
         self._dropping = False
+        self._listener_dropping = False
         self._failing = False
         self._flush_lock: anyio.Lock | None = None
 
@@ -244,17 +200,20 @@ class TraceRecorder:
     def record(self, span: SpanRecord | Deferred) -> None:
         """Buffer *span* (a start, status running, or an end; or one to build at the flush);
         never blocks on I/O."""
-        if not self.enabled and not self._listeners:
+        listeners = self._listeners
+        if not self.enabled and not listeners:
             return
         ended = span.ended if isinstance(span, Deferred) else span.end is not None
         with self._lock:
+            buf = self._buf
             if self.enabled:
-                self._buf.spans.append(span)
-                self._trim()
-            if self._listeners and ended:
-                self._buf.ended.append(span)
-                while len(self._buf.ended) > self.max_spans:
-                    self._buf.ended.popleft()
+                buf.spans.append(span)
+                if len(buf.spans) + len(buf.kept) > self.max_spans:
+                    self._trim()
+            if ended and listeners:
+                buf.ended.append(span)
+                if len(buf.ended) > self.max_spans:
+                    self._drop_ended()
 
     def span(
         self,
@@ -303,15 +262,15 @@ class TraceRecorder:
         if self.enabled:
             with self._lock:
                 self._buf.started.append(summary)
+                self._count_drop(_cap(self._buf.started, self.max_spans))
 
     def end_trace(self, summary: TraceSummary) -> None:
-        """Record the summary of an ended trace: its hash and its recent-traces entry."""
+        """Record the summary of an ended trace: its hash and (the first time this process
+        ends this trace) its recent-traces entry."""
         if self.enabled:
             with self._lock:
                 self._buf.summaries.append(summary)
-                while len(self._buf.summaries) > self.max_spans:
-                    self._buf.summaries.popleft()
-                    self._count_drop(1)
+                self._count_drop(_cap(self._buf.summaries, self.max_spans))
 
     def add_listener(self, fn: SpanListener) -> None:
         """Call *fn(span)* for every ended span, from the flusher, in a worker thread (never
@@ -322,104 +281,146 @@ class TraceRecorder:
         """Spans and summaries waiting for the next flush."""
         with self._lock:
             buf = self._buf
-            return len(buf.spans) + len(buf.started) + len(buf.summaries)
+            return (
+                len(buf.spans) + len(buf.kept) + len(buf.started) + len(buf.summaries)
+                + len(buf.kept_summaries)
+            )  # fmt: skip
 
     def _trim(self) -> None:
-        excess = len(self._buf.spans) - self.max_spans
-        for _ in range(max(0, excess)):
-            self._buf.spans.popleft()
-        if excess > 0:
-            self._count_drop(excess)
+        """Drop the oldest spans beyond the bound: those a failed flush kept first."""
+        buf = self._buf
+        excess = len(buf.spans) + len(buf.kept) - self.max_spans
+        if excess <= 0:
+            return
+        from_kept = min(excess, len(buf.kept))
+        for _ in range(from_kept):
+            buf.kept.popleft()
+        for _ in range(excess - from_kept):
+            buf.spans.popleft()
+        self._count_drop(excess)
 
     def _count_drop(self, count: int) -> None:
+        if count <= 0:
+            return
         self.dropped += count
         if not self._dropping:
             self._dropping = True
             log.warning("tracing.buffer_full", cap=self.max_spans, dropped_total=self.dropped)
 
+    def _drop_ended(self) -> None:
+        self.listener_dropped += _cap(self._buf.ended, self.max_spans)
+        if not self._listener_dropping:
+            self._listener_dropping = True
+            log.warning(
+                "tracing.listener_buffer_full", cap=self.max_spans,
+                dropped_total=self.listener_dropped,
+            )  # fmt: skip
+
     # --- flushing ------------------------------------------------------------------------
-    def _take(self) -> tuple[list[Pending], list[TraceSummary], list[TraceSummary]]:
+    def _take(self) -> _Taken:
         with self._lock:
             buf = self._buf
-            taken = (list(buf.spans), list(buf.started), list(buf.summaries))
-            buf.spans.clear()
-            buf.started.clear()
-            buf.summaries.clear()
+            taken = _Taken(
+                list(buf.spans), list(buf.started), list(buf.summaries), list(buf.ended),
+                list(buf.kept), list(buf.kept_summaries),
+            )  # fmt: skip
+            for items in (buf.spans, buf.started, buf.summaries, buf.ended, buf.kept):
+                items.clear()
+            buf.kept_summaries.clear()
             return taken
 
-    def _take_ended(self) -> list[Pending]:
-        with self._lock:
-            ended = list(self._buf.ended)
-            self._buf.ended.clear()
-            return ended
-
-    def _restore(
-        self, spans: list[SpanRecord], started: list[TraceSummary], ended: list[TraceSummary]
-    ) -> None:
+    def _keep(self, prepared: _Prepared) -> None:
+        """Put back what a flush that did not complete had admitted (before anything newer;
+        the bounds still hold)."""
         with self._lock:
             buf = self._buf
-            buf.spans.extendleft(reversed(spans))
-            buf.started.extendleft(reversed(started))
-            buf.summaries.extendleft(reversed(ended))
+            buf.kept.extendleft(reversed(prepared.spans))
+            buf.kept_summaries.extendleft(reversed(prepared.summaries))
             self._trim()
+            self._count_drop(_cap(buf.kept_summaries, self.max_spans))
 
-    def _prepare(self, spans: list[Pending], ended: list[Pending]) -> list[SpanRecord]:
-        """Build the deferred spans and call the listeners (in a worker thread)."""
-        built = _resolve(spans)
-        for span in _resolve(ended):
-            for fn in list(self._listeners):
+    def _prepare(self, taken: _Taken) -> _Prepared:
+        """In a worker thread: build the deferred spans, call the listeners with the ended
+        ones, admit what the per-trace bounds allow and encode the writes."""
+        built = resolve(taken.spans)
+        self._notify(resolve(taken.ended))
+        latest = {span.span_id: span for span in taken.kept}
+        fresh = {span.span_id: span for span in built}  # a start and its end: the end only
+        for span in self.book.admit(fresh.values()):
+            latest[span.span_id] = span
+        booked = [*taken.kept_summaries, *self.book.summaries(taken.started, taken.summaries)]
+        spans = list(latest.values())
+        return _Prepared(spans, booked, self._encode(spans, booked))
+
+    def _notify(self, ended: list[SpanRecord]) -> None:
+        listeners = list(self._listeners)
+        for span in ended:
+            for fn in listeners:
                 try:
                     fn(span)
                 except Exception:
                     log.exception("tracing.listener_failed", listener=repr(fn), span=span.name)
-        return built
+        if self._listener_dropping and ended:
+            self._listener_dropping = False
+            log.info("tracing.listener_buffer_recovered", dropped_total=self.listener_dropped)
+
+    def _encode(self, spans: list[SpanRecord], summaries: list[Booked]) -> Batch:
+        """One ``HSET`` (and ``PEXPIRE``) per trace for its spans; per summary its hash (and
+        ``PEXPIRE``) and, when booked so, its recent-traces entry."""
+        batch, keys, ttl_ms, encode = Batch(), self.keys, self.ttl_ms, _ENCODER.encode
+        by_trace: dict[str, list[Any]] = {}
+        for span in spans:
+            pairs = by_trace.get(span.trace_id)
+            if pairs is None:
+                pairs = by_trace[span.trace_id] = []
+            pairs += (span.span_id, encode(span))
+        for trace_id, pairs in by_trace.items():
+            key = keys.trace_spans(trace_id)
+            batch.execute_command("HSET", key, *pairs)
+            batch.execute_command("PEXPIRE", key, ttl_ms)
+        for summary, entry in summaries:
+            key = keys.trace(summary.trace_id)
+            fields = summary_fields(summary)
+            if not entry and summary.end is not None:  # merged: fields it no longer has
+                gone = [name for name in _OPTIONAL if name not in fields]
+                if gone:
+                    batch.execute_command("HDEL", key, *gone)
+            flat = [part for pair in fields.items() for part in pair]
+            batch.execute_command("HSET", key, *flat)
+            batch.execute_command("PEXPIRE", key, ttl_ms)
+            if entry:
+                batch.execute_command("XADD", self.stream, "MAXLEN", "~", self.maxlen, "*", *flat)
+        return batch
 
     async def flush(self, client: redis.asyncio.Redis) -> int:
-        """Write everything buffered in one pipeline; returns the number of items written.
+        """Write everything buffered in one round trip; returns the number of spans and
+        summaries written.
 
-        The deferred spans are built and the listeners get the ended spans first, in a
-        worker thread. On a Redis error the batch is put back (the buffer's bound still
-        holds) and the translated error raised.
+        The deferred spans are built, the listeners get the ended spans and the writes are
+        encoded first, in a worker thread (which a cancellation waits for). When the write
+        fails or is cancelled, what it held is kept for the next flush (the buffer's bound
+        still holds) and the error (translated) or the cancellation raised.
         """
         if self._flush_lock is None:
             self._flush_lock = anyio.Lock()
         async with self._flush_lock:
-            ended = self._take_ended()
-            pending, started, summaries = self._take()
-            spans: list[SpanRecord] = []
-            if pending or ended:
-                spans = await anyio.to_thread.run_sync(self._prepare, pending, ended)
-            if not (spans or started or summaries):
+            taken = self._take()
+            if taken.empty():
+                return 0
+            with anyio.CancelScope(shield=True):  # its result is kept, even when cancelled
+                prepared = await anyio.to_thread.run_sync(self._prepare, taken)
+            if not prepared.batch.commands:
                 return 0
             try:
-                await self._write(client, spans, started, summaries)
-            except RedisError:
-                self._restore(spans, started, summaries)
+                with translate_errors("write traces"):
+                    first_error(await run_batch(client, prepared.batch))
+            except BaseException:
+                self._keep(prepared)
                 raise
             if self._dropping:
                 self._dropping = False
                 log.info("tracing.buffer_recovered", dropped_total=self.dropped)
-            return len(spans) + len(started) + len(summaries)
-
-    async def _write(
-        self,
-        client: redis.asyncio.Redis,
-        spans: list[SpanRecord],
-        started: list[TraceSummary],
-        summaries: list[TraceSummary],
-    ) -> None:
-        latest = {span.span_id: span for span in spans}  # a start and its end: the end only
-        pipe = client.pipeline(transaction=False)
-        for span in latest.values():
-            queue_span(pipe, self.keys, span, self.ttl_ms)
-        for summary in started:
-            queue_summary(pipe, self.keys, summary, self.ttl_ms, stream=None, maxlen=self.maxlen)
-        for summary in summaries:
-            queue_summary(
-                pipe, self.keys, summary, self.ttl_ms, stream=self.stream, maxlen=self.maxlen
-            )
-        with translate_errors("write traces"):
-            await pipe.execute()
+            return prepared.count()
 
     async def _flush_quietly(self, client: redis.asyncio.Redis) -> None:
         try:
@@ -442,14 +443,15 @@ class TraceRecorder:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Flush every ``observability.flush_interval_seconds`` until cancelled, then once
-        more (shielded, for at most 5 s). Flush failures are logged once per outage and the
-        batch is retried; they never end this task."""
+        """Flush every ``observability.flush_interval_seconds`` until cancelled (a flush under
+        way is finished first), then once more (shielded, for at most 5 s). Flush failures
+        are logged once per outage and the batch is retried; they never end this task."""
         task_status.started()
         try:
             while True:
                 await anyio.sleep(self.interval)
-                await self._flush_quietly(client)
+                with anyio.CancelScope(shield=True):
+                    await self._flush_quietly(client)
         finally:
             with anyio.move_on_after(_FINAL_FLUSH_SECONDS, shield=True):
                 await self._flush_quietly(client)

@@ -10,7 +10,10 @@ and the task that flushes them.
 
 Recording is synchronous and does no I/O (a span or a sample is buffered); :meth:`Telemetry.run`
 writes what was buffered, traces first (their listeners turn ended SDK spans into metrics and
-OpenTelemetry spans), then metrics, each in one round trip.
+OpenTelemetry spans), then metrics, each in one round trip. A flush under way is never cut by
+a cancellation (what it took out of the buffers would be lost), and a failing flush (a Redis
+outage, a bug) is logged once per kind and episode, never raised: telemetry never stops a
+worker.
 
 The app side has no flusher: a submit writes its span, its lifecycle event and its count in
 its own round trip (:func:`submit_span`, :func:`queue_count`).
@@ -30,7 +33,7 @@ import redis.asyncio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from runtime.errors import RedisError
+from runtime.errors import ConfigError, RedisError
 from runtime.keys import Keys
 from runtime.log import get_logger
 from runtime.observability.metrics import MetricsRecorder, clean_labels, encode_field, spec_of
@@ -87,7 +90,7 @@ class Telemetry:
         self.tracing = traces.enabled
         self.metering = metrics.enabled
         self.interval = interval
-        self._failing = False
+        self._failing: set[str] = set()
         self._sources: list[Callable[[], None]] = []
         if otel is not None:
             traces.add_listener(otel.export)
@@ -113,41 +116,67 @@ class Telemetry:
         self._sources.append(drain)
 
     async def flush(self, client: redis.asyncio.Redis) -> None:
-        """Write what is buffered: traces (their listeners first), then metrics. A Redis
-        error is logged once per outage; what could not be written is kept for the next."""
+        """Write what is buffered: traces (their listeners first), then metrics (even when
+        the traces' flush is cut). A failure is logged once per kind and episode; what could
+        not be written is kept for the next flush."""
+        self._drain()
+        try:
+            await self._flush_kind("traces", self.traces.flush, client)
+        finally:
+            with anyio.CancelScope(shield=True):  # never cut half-written (MetricsRecorder.run)
+                await self._flush_kind("metrics", self.metrics.flush, client)
+
+    def _drain(self) -> None:
         for drain in self._sources:
             try:
                 drain()
             except Exception:  # a bug there must not stop the flusher
                 log.exception("telemetry.source_failed", source=repr(drain))
+
+    async def _flush_kind(
+        self, kind: str, flush: Callable[[redis.asyncio.Redis], Any], client: redis.asyncio.Redis
+    ) -> None:
         try:
-            await self.traces.flush(client)
+            await flush(client)
         except RedisError as exc:
-            if not self._failing:
-                self._failing = True
-                log.warning("telemetry.flush_failed", error=str(exc))
+            if kind not in self._failing:
+                self._failing.add(kind)
+                log.warning("telemetry.flush_failed", kind=kind, error=str(exc))
+        except Exception:
+            if kind not in self._failing:
+                self._failing.add(kind)
+                log.exception("telemetry.flush_crashed", kind=kind)
         else:
-            if self._failing:
-                self._failing = False
-                log.info("telemetry.flush_recovered")
-        with anyio.CancelScope(shield=True):  # never cut half-written (see MetricsRecorder.run)
-            await self.metrics.flush(client)
+            if kind in self._failing:
+                self._failing.discard(kind)
+                log.info("telemetry.flush_recovered", kind=kind)
 
     async def run(
         self, client: redis.asyncio.Redis, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
-        """Flush every ``observability.flush_interval_seconds`` until cancelled; then once
-        more (shielded, for at most 5 s) and shut the OpenTelemetry bridge down."""
+        """Flush every ``observability.flush_interval_seconds`` until cancelled (a flush under
+        way is finished first); then once more, shielded: the traces for at most 5 s, the
+        metrics whatever became of them; then shut the OpenTelemetry bridge down."""
         task_status.started()
         try:
             while True:
                 await anyio.sleep(self.interval)
-                await self.flush(client)
+                with anyio.CancelScope(shield=True):
+                    await self.flush(client)
         finally:
-            with anyio.move_on_after(_FINAL_FLUSH_SECONDS, shield=True):
-                await self.flush(client)
-                if self.otel is not None:
-                    await anyio.to_thread.run_sync(self.otel.shutdown)
+            with anyio.CancelScope(shield=True):
+                await self._final_flush(client)
+
+    async def _final_flush(self, client: redis.asyncio.Redis) -> None:
+        self._drain()
+        try:
+            with anyio.move_on_after(_FINAL_FLUSH_SECONDS):
+                await self._flush_kind("traces", self.traces.flush, client)
+        finally:
+            await self._flush_kind("metrics", self.metrics.flush, client)
+            if self.otel is not None:
+                with anyio.move_on_after(_FINAL_FLUSH_SECONDS):
+                    await anyio.to_thread.run_sync(self.otel.shutdown, abandon_on_cancel=True)
 
 
 def otel_bridge(settings: Settings, resource: dict[str, str]) -> OTelBridge | None:
@@ -161,17 +190,28 @@ def otel_bridge(settings: Settings, resource: dict[str, str]) -> OTelBridge | No
     return OTelBridge.from_settings(settings, resource)
 
 
-_app_bridge: list[OTelBridge] = []
+_app_bridge: list[OTelBridge | None] = []
 
 
 def app_bridge(settings: Settings) -> OTelBridge | None:
     """The bridge an app's submits export their spans through (one per process, made at
     the first traced submit): the app's own OpenTelemetry SDK tracer provider, or one for
     ``observability.otel_exporter``; ``None`` when there is neither (the check is a
-    dictionary lookup until an OpenTelemetry SDK is loaded)."""
+    dictionary lookup until an OpenTelemetry SDK is loaded). A bridge that cannot be made
+    (``otlp`` without the ``otel`` extra) is logged once and the app goes on without one:
+    a submit never fails for its telemetry."""
     if _app_bridge:
         return _app_bridge[0]
-    bridge = otel_bridge(settings, {})
+    try:
+        bridge = otel_bridge(settings, {})
+    except ConfigError as exc:
+        log.error("telemetry.otel_unavailable", error=str(exc), effect="no OpenTelemetry export")
+        _app_bridge.append(None)
+        return None
+    except Exception:
+        log.exception("telemetry.otel_unavailable", effect="no OpenTelemetry export")
+        _app_bridge.append(None)
+        return None
     if bridge is not None:
         _app_bridge.append(bridge)
     return bridge
@@ -180,8 +220,9 @@ def app_bridge(settings: Settings) -> OTelBridge | None:
 def span_metrics(metrics: MetricsRecorder, span: SpanRecord) -> None:
     """The metrics an ended SDK span stands for: a model call (``generation`` / ``response``:
     ``model_calls``, ``tokens_in``, ``tokens_out`` from its usage), a tool call (``function``:
-    ``tool_calls`` by tool) or an agent's turn (``agent``: ``turn_latency``). The agent label
-    is the run's agent (the attribute the worker binds to every span of a run)."""
+    ``tool_calls`` by tool) or one turn of the run (the SDK's ``turn`` span: ``turn_latency``,
+    labelled with the turn's agent). Otherwise the agent label is the run's agent (the
+    attribute the worker binds to every span of a run)."""
     kind = span.kind
     if kind in _MODEL_KINDS:
         attrs = span.attrs
@@ -194,8 +235,8 @@ def span_metrics(metrics: MetricsRecorder, span: SpanRecord) -> None:
     elif kind == "function":
         attrs = span.attrs
         metrics.count("tool_calls", 1, agent=attrs.get("agent"), tool=attrs.get("tool"))
-    elif kind == "agent" and span.end is not None:
-        agent = span.attrs.get("agent")
+    elif kind == "turn" and span.end is not None:
+        agent = span.attrs.get("agent")  # the turn's own (the SDK span's agent_name)
         metrics.observe("turn_latency", (span.end - span.start) * 1000, agent=agent)
 
 
@@ -246,7 +287,8 @@ def submit_span(
         status="ok",
         attrs=attrs,
     )
-    return span, TraceParent(span.trace_id, span.span_id).header()
+    sampled = parent.sampled if parent is not None else True  # the app's sampler decided
+    return span, TraceParent(span.trace_id, span.span_id, sampled).header()
 
 
 def new_traceparent(traceparent: str | None, task_id: str) -> str:

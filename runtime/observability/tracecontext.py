@@ -11,6 +11,10 @@ API; the Agents SDK's id for the same trace is ``"trace_" + trace_id``::
     >>> sdk_trace_id("0af7651916cd43dd8448eb211c80319c")
     'trace_0af7651916cd43dd8448eb211c80319c'
 
+A context that says *not sampled* (flags ``00``, from an app whose OpenTelemetry sampler
+dropped its span) is remembered, per process and bounded, by its trace id: the OpenTelemetry
+bridge leaves that trace's spans unsampled too (:func:`is_sampled`).
+
 This module imports no SDK; :func:`current_traceparent` reads OpenTelemetry's API lazily.
 """
 
@@ -18,12 +22,14 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
 
 import msgspec
 
 __all__ = [
     "TraceParent",
     "current_traceparent",
+    "is_sampled",
     "new_span_id",
     "new_trace_id",
     "parse_traceparent",
@@ -34,6 +40,10 @@ __all__ = [
 _HEADER = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _SDK_PREFIX = "trace_"
+# Trace ids seen in a context that was not sampled, oldest forgotten first beyond the bound.
+_MAX_UNSAMPLED = 10_000
+_unsampled: dict[str, None] = {}
+_unsampled_lock = threading.Lock()
 
 
 class TraceParent(msgspec.Struct, frozen=True):
@@ -60,7 +70,25 @@ def parse_traceparent(value: str | None) -> TraceParent | None:
         return None
     if trace_id == "0" * 32 or span_id == "0" * 16:
         return None
-    return TraceParent(trace_id, span_id, bool(int(flags, 16) & 1))
+    sampled = bool(int(flags, 16) & 1)
+    if not sampled:
+        _note_unsampled(trace_id)
+    return TraceParent(trace_id, span_id, sampled)
+
+
+def _note_unsampled(trace_id: str) -> None:
+    if trace_id in _unsampled:
+        return
+    with _unsampled_lock:
+        _unsampled[trace_id] = None
+        while len(_unsampled) > _MAX_UNSAMPLED:
+            del _unsampled[next(iter(_unsampled))]
+
+
+def is_sampled(trace_id: str) -> bool:
+    """False for a trace this process saw in a context that was not sampled (a
+    ``traceparent`` with flags ``00``, or the app's current span); True otherwise."""
+    return trace_id not in _unsampled
 
 
 def new_trace_id() -> str:
@@ -99,6 +127,7 @@ def current_traceparent() -> str | None:
     if not context.is_valid:
         return None
     sampled = bool(context.trace_flags & 1)
-    return TraceParent(
-        format(context.trace_id, "032x"), format(context.span_id, "016x"), sampled
-    ).header()
+    trace_id = format(context.trace_id, "032x")
+    if not sampled:
+        _note_unsampled(trace_id)
+    return TraceParent(trace_id, format(context.span_id, "016x"), sampled).header()

@@ -20,45 +20,36 @@ event loop and do no I/O: they convert the span and buffer it.
 
 from __future__ import annotations
 
-import functools
-import hashlib
+import contextvars
 import os
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from agents.tracing import (
     Span,
-    SpanData,
     Trace,
     TracingProcessor,
     add_trace_processor,
     set_trace_processors,
 )
-from agents.tracing.span_data import (
-    ResponseSpanData,
-)
 
 from runtime.errors import AgentsWorkerError, ConfigError
 from runtime.keys import Keys
 from runtime.log import get_logger
+from runtime.observability.sdk_spans import span_record, trace_hex
 from runtime.observability.spans import (
     Deferred,
     SpanRecord,
-    SpanStatus,
     TraceRecorder,
     TraceSummary,
     clip,
 )
 from runtime.observability.trace_store import TraceStore
 from runtime.observability.trace_writer import TraceWriterThread
-from runtime.observability.tracecontext import trace_id_of
 from runtime.redis.connection import create_client
 from runtime.settings import Settings, load_settings
 
@@ -70,154 +61,9 @@ __all__ = ["RedisTracingProcessor", "install", "span_record", "trace_hex"]
 log = get_logger(__name__)
 
 _SHUTDOWN_SECONDS = 10.0
-# Traces begun and bindings made whose end never came (a crashed run) are forgotten, oldest
-# first, beyond this many.
+# Traces begun whose end never came (a crashed run) are forgotten, oldest first, beyond this
+# many.
 _MAX_OPEN = 10_000
-
-
-@functools.lru_cache(maxsize=4096)
-def trace_hex(sdk_trace_id: str) -> str:
-    """Our 32-hex trace id for an SDK trace id: its hex part (``trace_<32 hex>``), else a
-    stable hash of the whole id (a user may pick any id)."""
-    return (
-        trace_id_of(sdk_trace_id)
-        or hashlib.blake2b(sdk_trace_id.encode(), digest_size=16).hexdigest()
-    )
-
-
-def _unix(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        moment = datetime.fromisoformat(iso)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:  # the SDK writes UTC; a provider of a user's may not say so
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def _label(data: SpanData) -> str:
-    """The type's own name field: agent/function/guardrail/custom name, model, server…"""
-    kind = data.type
-    if kind == "handoff":
-        return (
-            f"{getattr(data, 'from_agent', None) or '?'} → {getattr(data, 'to_agent', None) or '?'}"
-        )
-    if kind == "turn":
-        return f"{getattr(data, 'turn', '?')} ({getattr(data, 'agent_name', '?')})"
-    if isinstance(data, ResponseSpanData):
-        response = data.response
-        return str(response.model) if response is not None else ""
-    for attr in ("name", "model", "server"):
-        value = getattr(data, attr, None)
-        if value:
-            return str(value)
-    return ""
-
-
-def _usage(data: SpanData) -> dict[str, Any] | None:
-    usage = getattr(data, "usage", None)
-    if isinstance(data, ResponseSpanData) and data.response is not None:
-        got = data.response.usage
-        if got is not None:
-            return {"input_tokens": got.input_tokens, "output_tokens": got.output_tokens}
-    if isinstance(usage, Mapping):
-        keep = ("input_tokens", "output_tokens", "requests", "total_tokens")
-        return {k: usage[k] for k in keep if k in usage}
-    return None
-
-
-def _agent_attrs(data: Any, exported: dict[str, Any]) -> dict[str, Any]:
-    tools, handoffs = exported.get("tools"), exported.get("handoffs")
-    return {"agent": data.name, "tools": tools, "handoffs": handoffs}
-
-
-def _function_attrs(data: Any, exported: dict[str, Any]) -> dict[str, Any]:
-    return {"tool": data.name, "input": data.input, "output": data.output}
-
-
-def _handoff_attrs(data: Any, exported: dict[str, Any]) -> dict[str, Any]:
-    return {"from": data.from_agent, "to": data.to_agent}
-
-
-def _model_attrs(data: Any, exported: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(data, ResponseSpanData) and data.response is not None:
-        return {"model": data.response.model, "response_id": data.response.id}
-    return {"model": exported.get("model")}
-
-
-def _turn_attrs(data: Any, exported: dict[str, Any]) -> dict[str, Any]:
-    return {"turn": data.turn, "agent": data.agent_name}
-
-
-def _task_attrs(data: Any, exported: dict[str, Any]) -> dict[str, Any]:
-    return {"task": data.name}
-
-
-def _other_attrs(data: Any, exported: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in exported.items() if k != "type"}
-
-
-_ATTRS = {
-    "agent": _agent_attrs,
-    "function": _function_attrs,
-    "handoff": _handoff_attrs,
-    "generation": _model_attrs,
-    "response": _model_attrs,
-    "turn": _turn_attrs,
-    "task": _task_attrs,
-}
-
-
-def _data_attrs(data: SpanData) -> dict[str, Any]:
-    """Attributes of the span's data (model usage included), cut to a bounded size."""
-    attrs = _ATTRS.get(data.type, _other_attrs)(data, data.export() or {})
-    usage = _usage(data)
-    if usage:
-        attrs["usage"] = usage
-    kept: dict[str, Any] = clip({k: v for k, v in attrs.items() if v is not None})
-    return kept
-
-
-def _error_text(span: Span[Any]) -> str | None:
-    error = span.error
-    if not error:
-        return None
-    message = str(error.get("message") or "error")
-    data = error.get("data")
-    text: str = clip(f"{message}: {data}" if data else message)
-    return text
-
-
-def span_record(
-    span: Span[Any],
-    *,
-    ended: bool,
-    parent_id: str | None = None,
-    attrs: Mapping[str, Any] | None = None,
-) -> SpanRecord:
-    """The :class:`SpanRecord` of an SDK span (started, or *ended*); *parent_id* is used for
-    a span without a parent of its own (a root), *attrs* are added to the span's. A started
-    span carries *attrs* only: the data's own (usage, tool output…) come with its end."""
-    data = span.span_data
-    label = _label(data)
-    start = _unix(span.started_at) or time.time()
-    end = (_unix(span.ended_at) or time.time()) if ended else None
-    error = _error_text(span) if ended else None
-    status: SpanStatus = "running" if not ended else "error" if error else "ok"
-    return SpanRecord(
-        trace_id=trace_hex(span.trace_id),
-        span_id=span.span_id,
-        parent_id=span.parent_id or parent_id,
-        name=f"{data.type}: {label}" if label else data.type,
-        kind=data.type,
-        start=start,
-        end=end,
-        status=status,
-        error=error,
-        attrs={**(attrs or {}), **_data_attrs(data)} if ended else dict(attrs or {}),
-    )
 
 
 def _forget_oldest(table: dict[str, Any]) -> None:
@@ -232,9 +78,45 @@ class _TraceState(msgspec.Struct):
     agent: str | None = None
 
 
-class _Binding(msgspec.Struct, frozen=True):
-    parent_id: str
-    attrs: dict[str, Any]
+class _Binding:
+    """A run's SDK trace bound to its attempt span, in the run's context (see
+    :meth:`RedisTracingProcessor.bind`)."""
+
+    __slots__ = ("attrs", "owner", "parent_id", "previous", "sdk_id")
+
+    def __init__(
+        self, owner: RedisTracingProcessor, sdk_id: str, parent_id: str, attrs: dict[str, Any],
+        previous: _Binding | None,
+    ) -> None:  # fmt: skip
+        self.owner = owner
+        self.sdk_id = sdk_id
+        self.parent_id = parent_id
+        self.attrs = attrs
+        self.previous = previous
+
+
+_BINDING: contextvars.ContextVar[_Binding | None] = contextvars.ContextVar(
+    "aw_trace_binding", default=None
+)
+
+
+class _SdkSpan(Deferred):
+    """An SDK span (its start or its end) to convert at the flush."""
+
+    __slots__ = ("attrs", "parent_id", "sdk_span")
+
+    def __init__(
+        self, span: Span[Any], ended: bool, parent_id: str | None, attrs: Mapping[str, Any]
+    ) -> None:
+        super().__init__(ended=ended)
+        self.sdk_span = span
+        self.parent_id = parent_id
+        self.attrs = attrs
+
+    def build(self) -> SpanRecord:
+        return span_record(
+            self.sdk_span, ended=self.ended, parent_id=self.parent_id, attrs=self.attrs
+        )
 
 
 class RedisTracingProcessor(TracingProcessor):
@@ -259,7 +141,6 @@ class RedisTracingProcessor(TracingProcessor):
         self.keys = recorder.keys if recorder is not None else Keys(self.settings.redis.key_prefix)
         self._lock = threading.Lock()
         self._traces: dict[str, _TraceState] = {}
-        self._bindings: dict[str, _Binding] = {}
         self._closed = False
         self._background: TraceWriterThread | None = None
         self._bridge: OTelBridge | None = None
@@ -286,40 +167,51 @@ class RedisTracingProcessor(TracingProcessor):
     def bind(self, sdk_trace_id: str, parent_span_id: str, attrs: Mapping[str, Any]) -> None:
         """Parent the root spans of SDK trace *sdk_trace_id* on *parent_span_id* (the
         runtime's attempt span) and add *attrs* (run_id, agent, worker, app) to every span of
-        it. A bound trace's summary is written by the binder (the worker), not here."""
+        it, in the calling context until :meth:`unbind`: the SDK calls its processors in the
+        context of the run (the task that calls ``Runner.run`` and the tasks it starts), so
+        runs that share one trace (two submits in one app span), at once in one process,
+        each keep their own parent and attributes. A bound trace's summary is written by the
+        binder (the worker), not here."""
         merged = {**self.recorder.resource, **attrs}
-        with self._lock:
-            self._bindings[sdk_trace_id] = _Binding(parent_span_id, merged)
-            _forget_oldest(self._bindings)
+        _BINDING.set(_Binding(self, sdk_trace_id, parent_span_id, merged, _BINDING.get()))
 
     def unbind(self, sdk_trace_id: str) -> None:
-        """Forget the binding of *sdk_trace_id* (after its run)."""
-        with self._lock:
-            self._bindings.pop(sdk_trace_id, None)
+        """End the binding of *sdk_trace_id* made in this context (after its run); tasks the
+        run started keep it for their late spans."""
+        current = _BINDING.get()
+        if current is not None and current.owner is self and current.sdk_id == sdk_trace_id:
+            _BINDING.set(current.previous)
+
+    def _bound(self, sdk_id: str) -> _Binding | None:
+        binding = _BINDING.get()
+        if binding is not None and binding.owner is self and binding.sdk_id == sdk_id:
+            return binding
+        return None
 
     # --- the SDK's callbacks: convert and buffer, no I/O ------------------------------------
     def on_trace_start(self, trace: Trace) -> None:
         try:
             sdk_id = trace.trace_id
+            if self._bound(sdk_id) is not None:
+                return
             state = _TraceState(name=trace.name, start=time.time())
             with self._lock:
                 self._traces[sdk_id] = state
                 _forget_oldest(self._traces)
-                bound = sdk_id in self._bindings
-            if not bound:
-                self.recorder.start_trace(
-                    TraceSummary(trace_id=trace_hex(sdk_id), name=state.name, start=state.start)
-                )
+            self.recorder.start_trace(
+                TraceSummary(trace_id=trace_hex(sdk_id), name=state.name, start=state.start)
+            )
         except Exception:
             log.exception("tracing.callback_failed", callback="on_trace_start")
 
     def on_trace_end(self, trace: Trace) -> None:
         try:
             sdk_id = trace.trace_id
+            if self._bound(sdk_id) is not None:
+                return
             with self._lock:
                 state = self._traces.pop(sdk_id, None)
-                bound = sdk_id in self._bindings
-            if state is None or bound:
+            if state is None:
                 return
             self.recorder.end_trace(
                 TraceSummary(
@@ -336,33 +228,27 @@ class RedisTracingProcessor(TracingProcessor):
             log.exception("tracing.callback_failed", callback="on_trace_end")
 
     def on_span_start(self, span: Span[Any]) -> None:
-        try:
-            self._record(span, ended=False)
-        except Exception:
-            log.exception("tracing.callback_failed", callback="on_span_start")
+        self._record(span, False, self._bound(span.trace_id))
 
     def on_span_end(self, span: Span[Any]) -> None:
-        try:
-            self._record(span, ended=True)
-        except Exception:
-            log.exception("tracing.callback_failed", callback="on_span_end")
+        self._record(span, True, self._bound(span.trace_id))
 
-    def _record(self, span: Span[Any], *, ended: bool) -> None:
-        """Buffer the span, to be converted at the flush (off the agent's loop); note what
-        the trace's summary needs at once."""
-        sdk_id = span.trace_id
-        data = span.span_data
-        with self._lock:
-            binding = self._bindings.get(sdk_id)
+    def _record(self, span: Span[Any], ended: bool, binding: _Binding | None) -> None:
+        """Buffer the span, to be converted at the flush (off the agent's loop); for an
+        unbound trace, note what its summary needs at once."""
+        try:
+            if binding is not None:
+                self.recorder.record(_SdkSpan(span, ended, binding.parent_id, binding.attrs))
+                return
+            data = span.span_data
             if data.type == "agent":
-                self._note(sdk_id, data, span.error if ended else None)
-        if binding is None:
-            make = partial(span_record, span, ended=ended, attrs=self.recorder.resource)
-        else:
-            make = partial(
-                span_record, span, ended=ended, parent_id=binding.parent_id, attrs=binding.attrs
+                with self._lock:
+                    self._note(span.trace_id, data, span.error if ended else None)
+            self.recorder.record(_SdkSpan(span, ended, None, self.recorder.resource))
+        except Exception:
+            log.exception(
+                "tracing.callback_failed", callback="on_span_end" if ended else "on_span_start"
             )
-        self.recorder.record(Deferred(make, ended=ended))
 
     def _note(self, sdk_id: str, data: Any, error: Any) -> None:
         """Keep the trace's first agent and an agent's error (with the lock held)."""
@@ -445,17 +331,70 @@ def _otel_bridge(settings: Settings) -> OTelBridge | None:
     return OTelBridge.from_settings(settings)
 
 
-_added: weakref.WeakSet[TracingProcessor] = weakref.WeakSet()
+class _Dispatch(TracingProcessor):
+    """The one processor :func:`install` registers with the SDK: a run's callbacks go to the
+    processor that bound it (the worker running it, in the run's context), all others to
+    the processor installed last. Installing another (a worker restarted in the same
+    process) replaces the one before instead of adding to the SDK's list."""
+
+    def __init__(self) -> None:
+        self.current: TracingProcessor | None = None
+
+    def _target(self, sdk_id: str) -> TracingProcessor | None:
+        binding = _BINDING.get()
+        if binding is not None and binding.sdk_id == sdk_id:
+            return binding.owner
+        return self.current
+
+    def on_trace_start(self, trace: Trace) -> None:
+        if (target := self._target(trace.trace_id)) is not None:
+            target.on_trace_start(trace)
+
+    def on_trace_end(self, trace: Trace) -> None:
+        if (target := self._target(trace.trace_id)) is not None:
+            target.on_trace_end(trace)
+
+    def on_span_start(self, span: Span[Any]) -> None:
+        binding = _BINDING.get()
+        if binding is not None and binding.sdk_id == span.trace_id:
+            binding.owner._record(span, False, binding)
+        elif (target := self.current) is not None:
+            target.on_span_start(span)
+
+    def on_span_end(self, span: Span[Any]) -> None:
+        binding = _BINDING.get()
+        if binding is not None and binding.sdk_id == span.trace_id:
+            binding.owner._record(span, True, binding)
+        elif (target := self.current) is not None:
+            target.on_span_end(span)
+
+    def force_flush(self) -> None:
+        if (target := self.current) is not None:
+            target.force_flush()
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        target = self.current
+        if isinstance(target, RedisTracingProcessor):
+            target.shutdown(timeout)
+        elif target is not None:
+            target.shutdown()
+
+
+_dispatch = _Dispatch()
 _install_lock = threading.Lock()
+_registered: list[bool] = []
 
 
 def install(processor: TracingProcessor) -> None:
-    """Register *processor* with the SDK, idempotently: without ``OPENAI_API_KEY`` it becomes
-    the SDK's only processor (OpenAI's exporter would only fail; calling again sets the same
-    list), with a key it is added once to the SDK's processors (OpenAI's exporter kept)."""
+    """Register *processor* with the SDK, idempotently, in place of the one installed before
+    (a worker restarted in the process): without ``OPENAI_API_KEY`` ours becomes the SDK's
+    only processor (OpenAI's exporter would only fail); with a key it is added once beside
+    the SDK's other processors (OpenAI's exporter and the app's own are kept). Runs bound
+    by an earlier processor, still running, keep reaching it."""
     with _install_lock:
+        _dispatch.current = processor
         if not os.environ.get("OPENAI_API_KEY"):
-            set_trace_processors([processor])
-        elif processor not in _added:
-            add_trace_processor(processor)
-            _added.add(processor)
+            set_trace_processors([_dispatch])
+        elif not _registered:
+            add_trace_processor(_dispatch)
+            _registered.append(True)
