@@ -72,8 +72,13 @@ class Supervisor:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+        try:
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+        except (ValueError, OSError):
+            # closed by close() while a worker that outlived its supervisor (draining, then
+            # writing its last spans and samples) still held the pipe's other end
+            return
 
     def tail(self) -> str:
         return "\n".join(self.lines[-60:])
@@ -98,7 +103,7 @@ class Supervisor:
     def close(self) -> None:
         """Reap the process and close its output pipe."""
         self.proc.wait()
-        self._reader.join(5)
+        self._reader.join(15)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 

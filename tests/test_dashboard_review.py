@@ -17,6 +17,7 @@ import redis.asyncio
 from starlette.applications import Starlette
 
 from runtime import Keys, Settings
+from runtime.dlq import DeadLetter
 from runtime.observability.spans import TraceRecorder
 from runtime.web.dashboard import dashboard_routes, detail
 from runtime.web.dashboard.live import Feed, FeedQuery
@@ -199,13 +200,15 @@ async def test_any_failure_of_a_feed_is_a_problem_event_logged_once(
     keys: Keys,
     web_settings: Settings,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A dead letter whose count is not a number makes the letters unreadable (a ValueError,
-    not a Redis error): the page says so at every tick, the log once; once the letter is
-    gone, the page is sent again."""
+    """A dead letter that cannot be read (a ValueError from our own code, not a Redis error:
+    one is made to fail here) makes the letters unreadable: the page says so at every tick,
+    the log once; once the letter is gone, the page is sent again."""
+    _poison_letters(monkeypatch)
     await seed_fleet(client, keys, ["triage"])
     await seed_letter(client, keys, "dead-1")
-    bad_id = await client.xadd(keys.dlq("triage"), {"deliveries": "many", "reason": "x"})
+    bad_id = await client.xadd(keys.dlq("triage"), {"poison": "1", "reason": "x"})
     feed = Feed(DashboardReader(client, keys, web_settings), FeedQuery(dlq="triage"), tick=0.05)
     following = Following(feed)
     async with anyio.create_task_group() as tg:
@@ -228,11 +231,27 @@ async def test_any_failure_of_a_feed_is_a_problem_event_logged_once(
     assert _read_failed(caplog) == 1
 
 
+def _poison_letters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Letters with a ``poison`` field fail to parse with a ValueError (a bug of ours)."""
+    parse = DeadLetter.parse.__func__  # type: ignore[attr-defined]
+
+    def failing(cls: type[DeadLetter], entry_id: bytes | str, fields: dict[bytes, bytes]) -> Any:
+        if b"poison" in fields:
+            raise ValueError("a letter this test made unreadable")
+        return parse(cls, entry_id, fields)
+
+    monkeypatch.setattr(DeadLetter, "parse", classmethod(failing))
+
+
 async def test_an_unexpected_failure_of_an_api_call_is_a_json_500(
-    api: httpx.AsyncClient, client: redis.asyncio.Redis, keys: Keys
+    api: httpx.AsyncClient,
+    client: redis.asyncio.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    _poison_letters(monkeypatch)
     await seed_fleet(client, keys, ["triage"])
-    await client.xadd(keys.dlq("triage"), {"attempts": "²", "reason": "x"})
+    await client.xadd(keys.dlq("triage"), {"poison": "1", "reason": "x"})
     reply = await api.get("/api/dlq", params={"target": "triage"})
     assert reply.status_code == 500
     assert "ValueError" in reply.json()["error"]
