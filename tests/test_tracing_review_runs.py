@@ -25,10 +25,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from runtime import Keys, Settings, load_settings
 from runtime.agents import AgentApp, AgentClient
 from runtime.agents.models import StepModel
+from runtime.observability import telemetry as telemetry_module
 from runtime.observability.otel import OTelBridge, otel_span_id
 from runtime.observability.spans import MAX_ATTR_CHARS, SpanRecord
+from runtime.observability.trace_budget import TraceBook
 from runtime.observability.trace_store import TraceStore
 from runtime.observability.tracecontext import new_span_id, new_trace_id, parse_traceparent
+from runtime.producer import Producer
 from tests.conftest import make_settings
 from tests.helpers import running_worker, wait_until
 from tests.observability_apps import make_app
@@ -234,3 +237,26 @@ def test_bridges_leave_the_apps_tracer_alone_and_honour_its_sampling(
     # a span of the app's own still gets an id of the app's generator
     with provider.get_tracer("the-app").start_as_current_span("own") as own:
         assert format(own.get_span_context().span_id, "016x") not in ids
+
+
+async def test_submits_inside_one_long_app_span_write_a_bounded_trace(
+    redis_url: str,
+    client: redis.asyncio.Redis,
+    keys: Keys,
+    otel_memory: InMemorySpanExporter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every submit (AgentClient.run, Producer.enqueue) in one app span writes its submit
+    span into that span's trace: a process writes at most the cap of them (3 here)."""
+    monkeypatch.setattr(telemetry_module, "_submit_book", TraceBook(cap=3), raising=False)
+    settings = _settings(redis_url, keys)
+    runs = AgentClient(client, keys=keys, settings=settings)
+    producer = Producer(client, keys=keys, settings=settings)
+    provider = trace.get_tracer_provider()
+    with provider.get_tracer("the-app").start_as_current_span("nightly job") as app_span:
+        for n in range(4):
+            await runs.run("triage", f"order {n}")
+            await producer.enqueue("echo", {"n": n})
+    tid = format(app_span.get_span_context().trace_id, "032x")
+    assert await client.hlen(keys.trace_spans(tid)) == 3
+    assert await client.xlen(keys.inbox("triage")) == await client.xlen(keys.inbox("echo")) == 4

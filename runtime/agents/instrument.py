@@ -42,7 +42,6 @@ from runtime.observability.telemetry import (
     submit_span,
     trace_id_for,
 )
-from runtime.observability.trace_budget import TraceBook
 from runtime.observability.tracecontext import current_traceparent, sdk_trace_id
 from runtime.observability.tracing import RedisTracingProcessor, install
 from runtime.redis.connection import Batch
@@ -66,7 +65,6 @@ class SubmitTelemetry:
         self._maxlen = obs.events_maxlen
         self._ttl_ms = max(1, int(settings.runs.result_ttl_seconds * 1000))
         self._counts: dict[str, Queue] = {}  # agent → what queues its runs_submitted count
-        self._book = TraceBook()  # a trace shared by many submits (one app span): bounded
 
     def prepare(self, request: RunRequest, start: float) -> tuple[str, str | None, Queue]:
         """The envelope's ``traceparent``, the run's trace id (``None`` with tracing off)
@@ -91,11 +89,8 @@ class SubmitTelemetry:
         if span is not None and (bridge := app_bridge(self._settings)) is not None:
             bridge.export(span)  # the app's side of the trace, in its own OpenTelemetry
 
-        written = span is not None and bool(self._book.admit((span,)))
-
         def after(pipe: Any) -> None:
-            if written:
-                assert span is not None
+            if span is not None:
                 queue_span(pipe, self._keys, span, self._ttl_ms)
             if self._metering:
                 self._count(request.agent)(pipe)

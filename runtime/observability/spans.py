@@ -215,6 +215,25 @@ class TraceRecorder:
                 if len(buf.ended) > self.max_spans:
                     self._drop_ended()
 
+    def defer(self, item: Deferred) -> None:
+        """:meth:`record` for a span to build at the flush (the SDK processor's path, twice
+        per span: kept lean)."""
+        listeners = self._listeners
+        enabled = self.enabled
+        if not enabled and not listeners:
+            return
+        with self._lock:
+            buf = self._buf
+            if enabled:
+                spans = buf.spans
+                spans.append(item)
+                if len(spans) + len(buf.kept) > self.max_spans:
+                    self._trim()
+            if listeners and item.ended:
+                buf.ended.append(item)
+                if len(buf.ended) > self.max_spans:
+                    self._drop_ended()
+
     def span(
         self,
         trace_id: str,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from runtime.keys import Keys
 from runtime.log import get_logger
 from runtime.observability.metrics import MetricsRecorder, clean_labels, encode_field, spec_of
 from runtime.observability.spans import SpanRecord, TraceRecorder
+from runtime.observability.trace_budget import TraceBook
 from runtime.observability.tracecontext import (
     TraceParent,
     new_span_id,
@@ -253,10 +255,19 @@ def queue_count(pipe: Any, keys: Keys, metric: str, value: float, **labels: str 
     pipe.execute_command("HINCRBYFLOAT", keys.metrics_totals(), field, value)
 
 
+_submit_book = TraceBook()  # the spans submits write, per trace (one app span, many submits)
+_submit_lock = threading.Lock()
+
+
 def queue_span(pipe: Any, keys: Keys, span: SpanRecord, ttl_ms: int) -> None:
     """Queue the write of *span* and its trace's expiry (``HSET``, ``PEXPIRE``) on *pipe*, a
     redis-py pipeline or a :class:`~runtime.redis.connection.Batch` (the same write as the
-    recorder's flush)."""
+    recorder's flush). Like a recorder, a process writes at most
+    :data:`~runtime.observability.trace_budget.MAX_SPANS_PER_TRACE` spans of one trace this
+    way (many submits inside one long-lived app span); beyond, nothing is queued."""
+    with _submit_lock:
+        if not _submit_book.admit((span,)):
+            return
     key = keys.trace_spans(span.trace_id)
     pipe.execute_command("HSET", key, span.span_id, _encode(span))
     pipe.execute_command("PEXPIRE", key, ttl_ms)

@@ -108,7 +108,11 @@ class _SdkSpan(Deferred):
     def __init__(
         self, span: Span[Any], ended: bool, parent_id: str | None, attrs: Mapping[str, Any]
     ) -> None:
-        super().__init__(ended=ended)
+        # Deferred's fields set here (not through its __init__): one call less per span
+        self._make = None
+        self._value = None
+        self.built = False
+        self.ended = ended
         self.sdk_span = span
         self.parent_id = parent_id
         self.attrs = attrs
@@ -238,13 +242,13 @@ class RedisTracingProcessor(TracingProcessor):
         unbound trace, note what its summary needs at once."""
         try:
             if binding is not None:
-                self.recorder.record(_SdkSpan(span, ended, binding.parent_id, binding.attrs))
+                self.recorder.defer(_SdkSpan(span, ended, binding.parent_id, binding.attrs))
                 return
             data = span.span_data
             if data.type == "agent":
                 with self._lock:
                     self._note(span.trace_id, data, span.error if ended else None)
-            self.recorder.record(_SdkSpan(span, ended, None, self.recorder.resource))
+            self.recorder.defer(_SdkSpan(span, ended, None, self.recorder.resource))
         except Exception:
             log.exception(
                 "tracing.callback_failed", callback="on_span_end" if ended else "on_span_start"
