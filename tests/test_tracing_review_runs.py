@@ -1,6 +1,7 @@
 """Tracing review (R1), through a worker and the real SDK Runner: runs that share one trace
-(submitted inside one app span) at once on one worker each keep their own parent and
-attributes, in Redis and in OpenTelemetry, and leave one recent-traces entry; a run's
+(submitted inside one app span) at once on one worker, streamed or not, each keep their own
+parent and attributes, in Redis and in OpenTelemetry, and leave one recent-traces entry;
+submit spans in one long app span are bounded; a run's
 multi-megabyte error is cut everywhere it is stored; a broken OpenTelemetry setting never
 fails a submit; bridges leave the app's tracer alone and honour its sampling decision."""
 
@@ -83,7 +84,8 @@ async def test_runs_sharing_one_app_span_keep_their_own_parents_and_attributes(
     provider = trace.get_tracer_provider()
     async with running_worker(settings, client, serving=make_app(delay=0.1)):
         with provider.get_tracer("the-app").start_as_current_span("request") as app_span:
-            handles = [await runs.run("triage", f"order {n}") for n in range(3)]
+            # the second streamed (the SDK runs it in a task of its own)
+            handles = [await runs.run("triage", f"order {n}", stream=n == 1) for n in range(3)]
         results = [await h.result(timeout=30) for h in handles]
         assert [r.status for r in results] == ["completed"] * 3
         tid = format(app_span.get_span_context().trace_id, "032x")

@@ -12,7 +12,9 @@ Redis layout (see :mod:`runtime.keys`): ``keys.trace_spans(tid)`` is a hash span
 span as JSON (written at start with status ``running``, again at end); ``keys.trace(tid)``
 is a hash of the trace's summary fields; both expire after ``runs.result_ttl_seconds``,
 refreshed by every flush that touches them. ``keys.traces()`` is a stream with one entry per
-ended trace, trimmed with ``MAXLEN ~ observability.traces_maxlen``.
+ended trace, trimmed with ``MAXLEN ~ observability.traces_maxlen``. Per process, a trace
+gets at most 5,000 spans and one recent-traces entry
+(:mod:`runtime.observability.trace_budget`).
 """
 
 from __future__ import annotations

@@ -14,8 +14,12 @@ thread with its own event loop and Redis client::
         print(trace["name"], len(await processor.get_spans(trace["trace_id"])))
 
 In a worker, it feeds the worker's :class:`~runtime.observability.spans.TraceRecorder`
-(``recorder=``), which the worker flushes. Either way the SDK's callbacks run on the agent's
-event loop and do no I/O: they convert the span and buffer it.
+(``recorder=``), which the worker flushes, and :meth:`RedisTracingProcessor.bind` parents a
+run's SDK spans on its attempt span, in the run's own context (runs sharing one trace keep
+apart). :func:`install` registers one dispatching processor per process, which hands a run's
+callbacks to the processor that bound it and the rest to the one installed last. Either way
+the SDK's callbacks run on the agent's event loop and do no I/O: they buffer the span, to be
+converted at the flush.
 """
 
 from __future__ import annotations
