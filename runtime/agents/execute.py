@@ -57,6 +57,7 @@ from runtime.dlq import REPLAY_HEADER
 from runtime.errors import RetryLater
 from runtime.log import get_logger
 from runtime.redis.connection import first_error, translate_errors
+from runtime.worker.observe import entry_time
 
 __all__ = ["Resources", "execute"]
 
@@ -107,7 +108,7 @@ async def _start(run: Attempt) -> str:
     token = f"{request.run_id}:{run.token}"
     run.turn = await res.turns.acquire(
         request.session_id, request.run_id, token, res.runs,
-        seq=seq, enqueued_at=_entry_time(run.ctx.entry_id),
+        seq=seq, enqueued_at=entry_time(run.ctx.entry_id),
     )  # fmt: skip
     run.started_at = time.time()  # the run starts once it has its turn
     if run.turn.passed and run.turn.state == "ok":
@@ -356,9 +357,3 @@ def _usage(result: Any) -> dict[str, int]:
         "output_tokens": usage.output_tokens,
         "total_tokens": usage.total_tokens,
     }
-
-
-def _entry_time(entry_id: str) -> float:
-    """When an entry was added, by Redis's clock: the milliseconds of its stream id."""
-    millis, _, _ = entry_id.partition("-")
-    return int(millis) / 1000 if millis.isdigit() else 0.0

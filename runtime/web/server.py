@@ -20,6 +20,7 @@ import errno
 import logging
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import anyio
 import uvicorn
@@ -48,6 +49,7 @@ GRACE = 2.0
 """Seconds the requests in flight (a dashboard's live stream) get when the server stops."""
 
 
+@dataclass(frozen=True)
 class Endpoint:
     """What a bind error names: the endpoints served and the settings that chose the address.
 
@@ -56,24 +58,13 @@ class Endpoint:
     not resolve).
     """
 
-    def __init__(
-        self,
-        what: str,
-        setting: str,
-        flag: str,
-        env: str,
-        zero: str,
-        *,
-        host_setting: str = "the host setting",
-        host_how: str = "",
-    ) -> None:
-        self.what = what
-        self.setting = setting
-        self.flag = flag
-        self.env = env
-        self.zero = zero
-        self.host_setting = host_setting
-        self.host_how = host_how
+    what: str
+    setting: str
+    flag: str
+    env: str
+    zero: str
+    host_setting: str = field(default="the host setting", kw_only=True)
+    host_how: str = field(default="", kw_only=True)
 
 
 def supervisor_endpoint(dashboard: bool) -> Endpoint:

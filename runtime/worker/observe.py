@@ -26,7 +26,6 @@ off a delivery costs a branch.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -37,7 +36,7 @@ from runtime.errors import Defer
 from runtime.log import get_logger
 from runtime.observability.spans import SpanRecord, SpanStatus, TraceRecorder, TraceSummary
 from runtime.observability.telemetry import Telemetry, trace_id_for
-from runtime.observability.tracecontext import TraceParent, parse_traceparent
+from runtime.observability.tracecontext import TraceParent, new_span_id, parse_traceparent
 from runtime.worker.outcome import Entry
 
 if TYPE_CHECKING:
@@ -45,7 +44,7 @@ if TYPE_CHECKING:
     from runtime.keys import Keys
     from runtime.settings.model import Settings
 
-__all__ = ["Observer", "trace_of", "worker_telemetry"]
+__all__ = ["Observer", "entry_time", "trace_of", "worker_telemetry"]
 
 log = get_logger(__name__)
 
@@ -70,14 +69,11 @@ def trace_of(envelope: Envelope) -> TraceParent:
     return TraceParent(trace_id_for(envelope.id), "")
 
 
-def entry_time(entry_id: bytes) -> float:
+def entry_time(entry_id: bytes | str) -> float:
     """When Redis added the entry (Unix seconds, Redis's clock): its id's milliseconds."""
-    millis, _, _ = entry_id.partition(b"-")
+    raw = entry_id.encode() if isinstance(entry_id, str) else entry_id
+    millis, _, _ = raw.partition(b"-")
     return int(millis) / 1000 if millis.isdigit() else 0.0
-
-
-def _span_id() -> str:
-    return f"{random.getrandbits(64) or 1:016x}"
 
 
 class Observer:
@@ -193,7 +189,7 @@ def _zero(
 ) -> SpanRecord:  # fmt: skip
     """A span of zero length at *at*, a child of *context*'s span."""
     return SpanRecord(
-        trace_id=context.trace_id, span_id=_span_id(), parent_id=context.span_id or None,
+        trace_id=context.trace_id, span_id=new_span_id(), parent_id=context.span_id or None,
         name=name, kind=kind, start=at, end=at, status="error" if error else "ok",
         error=error, attrs=attrs,
     )  # fmt: skip
@@ -243,7 +239,7 @@ class _Attempt:
         if observer.traces is None or not (envelope.traceparent or self.handler.ends_trace):
             return None
         parent = self.parent = trace_of(envelope)
-        context = self.context = self.entry.trace = TraceParent(parent.trace_id, _span_id())
+        context = self.context = self.entry.trace = TraceParent(parent.trace_id, new_span_id())
         observer._open[id(self)] = self
         return context
 
@@ -291,9 +287,9 @@ class _Attempt:
                          "entry_id": entry.entry_id.decode()}  # fmt: skip
                 start = min(enqueued, self.began - 1e-6)  # before its attempt, clocks apart
                 inbox = SpanRecord(
-                    trace_id=context.trace_id, span_id=_span_id(), parent_id=parent.span_id or None,
-                    name="inbox", kind="inbox", start=start, end=self.began, status="ok",
-                    attrs=attrs,
+                    trace_id=context.trace_id, span_id=new_span_id(),
+                    parent_id=parent.span_id or None, name="inbox", kind="inbox", start=start,
+                    end=self.began, status="ok", attrs=attrs,
                 )  # fmt: skip
                 traces.record(inbox)
         traces.record(self.span(self.ended, traces.resource))
