@@ -52,6 +52,41 @@ def _wait(check: Any, what: str, limit: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+def _start_node(
+    binary: Path, module_dir: Path, tmp_path: Path, env: dict[str, str], attempt: int
+) -> tuple[tuple[subprocess.Popen[bytes], int] | None, str]:
+    """Start one cluster-enabled node on a free port; ``None`` (and its log) when it exits at
+    once (the port taken meanwhile by another process): the caller tries another port."""
+    port = free_port()
+    data = tmp_path / f"node{attempt}"
+    data.mkdir()
+    args = [
+        str(binary), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
+        "--cluster-enabled", "yes", "--save", "", "--appendonly", "no",
+        "--loadmodule", str(module_dir / "redistimeseries.so"),
+    ]  # fmt: skip
+    log_path = data / "log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    sync = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        began = time.monotonic()
+        while time.monotonic() - began < 30:
+            if proc.poll() is not None:
+                return None, log_path.read_text(errors="replace")
+            try:
+                if sync.ping():
+                    return (proc, port), ""
+            except redis.exceptions.ConnectionError:
+                pass
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        return None, "no answer within 30 s:\n" + log_path.read_text(errors="replace")
+    finally:
+        sync.close()
+
+
 @pytest.fixture
 def cluster_port(tmp_path: Path) -> Iterator[int]:
     """A one-node Redis Cluster of the bundled binary with the TimeSeries module."""
@@ -59,21 +94,21 @@ def cluster_port(tmp_path: Path) -> Iterator[int]:
         binary, module_dir = bundled_server()
     except EmbeddedRedisNotInstalled:
         pytest.skip("the bundled Redis Stack binary is not installed")
-    port = free_port()
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         p for p in (str(Path(OPENSSL_DIR) / "lib"), env.get("LD_LIBRARY_PATH", "")) if p
     )
-    args = [
-        str(binary), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(tmp_path),
-        "--cluster-enabled", "yes", "--save", "", "--appendonly", "no",
-        "--loadmodule", str(module_dir / "redistimeseries.so"),
-    ]  # fmt: skip
-    log = (tmp_path / "log").open("wb")
-    proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    logs = []
+    for attempt in range(3):
+        started, why = _start_node(binary, module_dir, tmp_path, env, attempt)
+        if started is not None:
+            break
+        logs.append(why)
+    else:
+        raise AssertionError("the cluster node did not start:\n" + "\n---\n".join(logs))
+    proc, port = started
     try:
-        sync = redis.Redis(port=port)
-        _wait(sync.ping, "the cluster node to answer")
+        sync = redis.Redis(host="127.0.0.1", port=port)
         sync.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
         _wait(lambda: sync.cluster("info")["cluster_state"] == "ok", "the cluster state ok")
         sync.close()
@@ -81,7 +116,6 @@ def cluster_port(tmp_path: Path) -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        log.close()
 
 
 @pytest.fixture
